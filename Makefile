@@ -1,0 +1,55 @@
+# Account Engagement — the two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CARGO ?= cargo
+ROLE ?= admin
+
+.PHONY: tools build test fmt-check clippy unit integration lint demo local token lambda bench clean-local
+
+# Dev tools (moto server, cfn-lint, cargo-lambda), pinned in requirements-dev.txt, into .venv.
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+tools: $(VENV)/.installed
+
+build:
+	$(CARGO) build --workspace --bins
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint: tools
+	$(VENV)/bin/cfn-lint template.yaml
+
+# Unit and integration tests; the integration tests share one moto server started here.
+unit integration: tools
+	tools/local/with-moto.sh $(CARGO) test --workspace
+
+test: tools fmt-check clippy lint
+	tools/local/with-moto.sh $(CARGO) test --workspace
+
+# The whole story on the synthetic tenant, then exit.
+demo: tools
+	$(CARGO) build --release -p local-stack
+	./target/release/local-stack demo
+
+# The stack left running: API on http://127.0.0.1:$${PORT:-3000}.
+local: tools
+	$(CARGO) build --release -p local-stack
+	./target/release/local-stack serve
+
+token:
+	@$(CARGO) run --quiet --release -p local-stack -- token $(ROLE)
+
+# Lambda binaries (cargo-lambda from .venv; uses zig through the ziglang wheel).
+lambda: tools
+	PATH="$(abspath $(VENV))/bin:$$PATH" cargo lambda build --release --arm64
+
+bench:
+	$(CARGO) run --release -p shared --example score_bench
