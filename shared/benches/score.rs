@@ -59,7 +59,7 @@ fn vm(field: &str) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
-fn main() {
+pub fn main() {
     let as_of: DateTime<Utc> = "2026-03-10T12:00:00Z".parse().unwrap_or_default();
     let t = as_of.timestamp_millis();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -85,7 +85,7 @@ fn main() {
 
     let mut parts: Vec<Vec<Activity>> = vec![Vec::new(); PARTITIONS as usize];
     let mut tombstones = Vec::new();
-    let mut push = |parts: &mut Vec<Vec<Activity>>, a: Activity| {
+    let push = |parts: &mut Vec<Vec<Activity>>, a: Activity| {
         if let Some(p) = partition_of(&a) {
             parts[p as usize].push(a);
         }
@@ -250,10 +250,7 @@ fn main() {
 
     // Reset the peak RSS so VmHWM reflects the scoring phase only.
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    println!(
-        "RSS before scoring: {} (peak reset: {reset})",
-        vm("VmRSS:")
-    );
+    println!("RSS before scoring: {} (peak reset: {reset})", vm("VmRSS:"));
 
     let start_all = Instant::now();
     let index = ContactIndex::new(pairs);

@@ -44,7 +44,10 @@ impl Caller {
             .unwrap_or_default();
         Ok(Caller {
             subject,
-            roles: claims.get("roles").map(|r| parse_roles(r)).unwrap_or_default(),
+            roles: claims
+                .get("roles")
+                .map(|r| parse_roles(r))
+                .unwrap_or_default(),
         })
     }
 
@@ -94,7 +97,11 @@ pub fn path_segments(request: &Request) -> Vec<String> {
     let path = request.raw_http_path();
     path.split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect()
 }
 
@@ -116,7 +123,11 @@ pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, Problem> {
         return Err(Problem::bad_request("the request needs a JSON body"));
     }
     if bytes.len() > 1_000_000 {
-        return Err(Problem::new(413, "Payload too large", "the body may be at most 1 MB"));
+        return Err(Problem::new(
+            413,
+            "Payload too large",
+            "the body may be at most 1 MB",
+        ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -125,7 +136,11 @@ pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, Problem> {
         if inner.is_syntax() || inner.is_eof() {
             Problem::bad_request(format!("the body is not valid JSON: {inner}"))
         } else {
-            let field = if path == "." { "body".to_string() } else { path };
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
             // serde reports a missing field at its parent; name the field itself.
             let message = inner.to_string();
             let field = match message
@@ -177,7 +192,9 @@ fn build(status: u16, content_type: &str, body: String) -> Response<Body> {
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
     response
 }
@@ -193,17 +210,32 @@ mod tests {
 
     #[test]
     fn roles_in_every_rendering() {
-        assert_eq!(parse_roles("[Enrichment.Admin Enrichment.Read]"), [ADMIN_ROLE, READER_ROLE]);
+        assert_eq!(
+            parse_roles("[Enrichment.Admin Enrichment.Read]"),
+            [ADMIN_ROLE, READER_ROLE]
+        );
         assert_eq!(parse_roles("[\"Enrichment.Read\"]"), [READER_ROLE]);
         assert_eq!(parse_roles("Enrichment.Admin"), [ADMIN_ROLE]);
     }
 
     #[test]
     fn readers_cannot_write() {
-        let reader = Caller { subject: "s".into(), roles: vec![READER_ROLE.into()] };
+        let reader = Caller {
+            subject: "s".into(),
+            roles: vec![READER_ROLE.into()],
+        };
         assert!(reader.authorize(Access::Read).is_ok());
-        assert_eq!(reader.authorize(Access::Write).map_err(|p| p.status), Err(403));
-        let nobody = Caller { subject: "s".into(), roles: vec![] };
-        assert_eq!(nobody.authorize(Access::Read).map_err(|p| p.status), Err(403));
+        assert_eq!(
+            reader.authorize(Access::Write).map_err(|p| p.status),
+            Err(403)
+        );
+        let nobody = Caller {
+            subject: "s".into(),
+            roles: vec![],
+        };
+        assert_eq!(
+            nobody.authorize(Access::Read).map_err(|p| p.status),
+            Err(403)
+        );
     }
 }

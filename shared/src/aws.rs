@@ -13,10 +13,7 @@ use crate::ports::{
 };
 
 fn io_err<E: std::error::Error>(what: &str, e: E) -> PortError {
-    PortError::Io(format!(
-        "{what}: {}",
-        aws_smithy_error_context(&e)
-    ))
+    PortError::Io(format!("{what}: {}", aws_smithy_error_context(&e)))
 }
 
 /// The full error chain, as the SDK's own `DisplayErrorContext` renders it.
@@ -49,8 +46,7 @@ impl AwsClients {
 
     /// Clients for an explicit endpoint with static credentials (the local stack and tests).
     pub async fn for_endpoint(endpoint: &str, region: &str) -> Self {
-        let credentials =
-            aws_credential_types::Credentials::from_keys("testing", "testing", None);
+        let credentials = aws_credential_types::Credentials::from_keys("testing", "testing", None);
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()))
             .credentials_provider(credentials)
@@ -193,7 +189,9 @@ fn condition_expression(precondition: Precondition) -> Option<(&'static str, Opt
         Precondition::None => None,
         Precondition::Absent => Some(("attribute_not_exists(pk)", None)),
         Precondition::Present => Some(("attribute_exists(pk)", None)),
-        Precondition::VersionIs(v) => Some(("attribute_exists(pk) AND version = :expected", Some(v))),
+        Precondition::VersionIs(v) => {
+            Some(("attribute_exists(pk) AND version = :expected", Some(v)))
+        }
     }
 }
 
@@ -221,7 +219,8 @@ impl Table for DynamoTable {
         if let Some((expression, expected)) = condition_expression(precondition) {
             request = request.condition_expression(expression);
             if let Some(v) = expected {
-                request = request.expression_attribute_values(":expected", AttributeValue::N(v.to_string()));
+                request = request
+                    .expression_attribute_values(":expected", AttributeValue::N(v.to_string()));
             }
         }
         match request.send().await {
@@ -259,7 +258,8 @@ impl Table for DynamoTable {
         if let Some((expression, expected)) = condition_expression(precondition) {
             request = request.condition_expression(expression);
             if let Some(v) = expected {
-                request = request.expression_attribute_values(":expected", AttributeValue::N(v.to_string()));
+                request = request
+                    .expression_attribute_values(":expected", AttributeValue::N(v.to_string()));
             }
         }
         match request.send().await {
@@ -300,13 +300,23 @@ impl Table for DynamoTable {
         let mut exclusive_start = start.map(|sk| Self::key(pk, &sk));
         loop {
             let remaining = limit.map(|l| l.saturating_sub(items.len()));
-            let out = self
+            let mut request = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", AttributeValue::S(pk.to_string()))
-                .expression_attribute_values(":prefix", AttributeValue::S(sk_prefix.to_string()))
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_string()));
+            // DynamoDB refuses an empty begins_with operand: no prefix means the whole partition.
+            request = if sk_prefix.is_empty() {
+                request.key_condition_expression("pk = :pk")
+            } else {
+                request
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(
+                        ":prefix",
+                        AttributeValue::S(sk_prefix.to_string()),
+                    )
+            };
+            let out = request
                 .set_limit(remaining.map(|r| r.min(1000) as i32))
                 .set_exclusive_start_key(exclusive_start.take())
                 .scan_index_forward(!descending)
@@ -347,7 +357,10 @@ impl Table for DynamoTable {
             clauses.push(format!("#c{i} :v{i}"));
             request = request
                 .expression_attribute_names(format!("#c{i}"), *name)
-                .expression_attribute_values(format!(":v{i}"), AttributeValue::N(delta.to_string()));
+                .expression_attribute_values(
+                    format!(":v{i}"),
+                    AttributeValue::N(delta.to_string()),
+                );
         }
         let out = request
             .update_expression(format!("ADD {}", clauses.join(", ")))
@@ -416,7 +429,9 @@ impl Blobs for S3Blobs {
                 if code == "NoSuchBucket" {
                     Err(PortError::NotFound(format!("bucket {bucket}")))
                 } else if code == "AccessDenied" {
-                    Err(PortError::Io(format!("access denied to s3://{bucket}/{key}")))
+                    Err(PortError::Io(format!(
+                        "access denied to s3://{bucket}/{key}"
+                    )))
                 } else {
                     Err(io_err("s3 get", e))
                 }
@@ -424,7 +439,13 @@ impl Blobs for S3Blobs {
         }
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> PortResult<()> {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> PortResult<()> {
         self.client
             .put_object()
             .bucket(bucket)
@@ -448,7 +469,11 @@ impl Blobs for S3Blobs {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| io_err("s3 list", e))?;
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
         }
         Ok(keys)
     }
@@ -496,7 +521,12 @@ impl SqsQueue {
 
 #[async_trait]
 impl Queue for SqsQueue {
-    async fn send(&self, queue_url: &str, body: String, delay_seconds: Option<i32>) -> PortResult<()> {
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: String,
+        delay_seconds: Option<i32>,
+    ) -> PortResult<()> {
         self.client
             .send_message()
             .queue_url(queue_url)
@@ -599,7 +629,8 @@ pub async fn read_json_secret(
     let text = out
         .secret_string()
         .ok_or_else(|| PortError::Io("the secret has no string value".into()))?;
-    serde_json::from_str(text).map_err(|e| PortError::Io(format!("the secret is not a JSON object of strings: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| PortError::Io(format!("the secret is not a JSON object of strings: {e}")))
 }
 
 // The local stack provisions resources with the same SDK versions.

@@ -63,14 +63,23 @@ pub fn sign_state(key: &[u8], state: &ConsentState) -> String {
     )
 }
 
-pub fn verify_state(key: &[u8], text: &str, now: DateTime<Utc>) -> Result<ConsentState, StateError> {
+pub fn verify_state(
+    key: &[u8],
+    text: &str,
+    now: DateTime<Utc>,
+) -> Result<ConsentState, StateError> {
     let (payload, signature) = text.split_once('.').ok_or(StateError::Malformed)?;
-    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| StateError::Malformed)?;
-    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| StateError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| StateError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| StateError::Malformed)?;
     let mut m = mac(key);
     m.update(&payload);
     m.verify_slice(&signature).map_err(|_| StateError::Forged)?;
-    let state: ConsentState = serde_json::from_slice(&payload).map_err(|_| StateError::Malformed)?;
+    let state: ConsentState =
+        serde_json::from_slice(&payload).map_err(|_| StateError::Malformed)?;
     if now.timestamp() >= state.expires_at {
         return Err(StateError::Expired);
     }
@@ -99,7 +108,13 @@ pub fn admin_consent_url(services: &Services, state: &str) -> String {
 }
 
 /// The email an administrator receives.
-pub fn consent_email(enrichment: &Enrichment, link: &str, expires: DateTime<Utc>, from: &str, to: &str) -> Email {
+pub fn consent_email(
+    enrichment: &Enrichment,
+    link: &str,
+    expires: DateTime<Utc>,
+    from: &str,
+    to: &str,
+) -> Email {
     let subject = format!(
         "Admin consent requested: Account Engagement enrichment \"{}\"",
         enrichment.name
@@ -152,7 +167,10 @@ pub fn html_escape(s: &str) -> String {
 
 /// Marks consent granted when the application already has a service principal with app roles
 /// in the tenant (consent given in the admin console). Answers whether it is granted now.
-pub async fn detect_console_consent(services: &Services, enrichment_id: &str) -> Result<bool, PortError> {
+pub async fn detect_console_consent(
+    services: &Services,
+    enrichment_id: &str,
+) -> Result<bool, PortError> {
     let granted = services
         .directory
         .app_consent_granted(&services.settings.graph.client_id)
@@ -183,7 +201,10 @@ fn grant(e: &mut Enrichment, now: DateTime<Utc>, via: &str) -> bool {
     e.consent.decided_at = Some(now);
     e.consent.error = None;
     e.consent.granted_via = Some(via.into());
-    if matches!(e.status, EnrichmentStatus::PendingConsent | EnrichmentStatus::ConsentDenied) {
+    if matches!(
+        e.status,
+        EnrichmentStatus::PendingConsent | EnrichmentStatus::ConsentDenied
+    ) {
         e.status = EnrichmentStatus::Active;
     }
     e.updated_at = now;
@@ -208,7 +229,10 @@ async fn request_first_run(services: &Services, enrichment_id: &str) -> Result<(
 fn recipient_marker(request_id: &str, recipient: &str) -> String {
     let mut m = mac(b"consent-recipient");
     m.update(recipient.as_bytes());
-    format!("CONSENT_SENT#{request_id}#{}", hex::encode(&m.finalize().into_bytes()[..8]))
+    format!(
+        "CONSENT_SENT#{request_id}#{}",
+        hex::encode(&m.finalize().into_bytes()[..8])
+    )
 }
 
 /// send-consent: emails every tenant administrator (and configured extra recipient) the link,
@@ -224,7 +248,10 @@ async fn send_inner(services: &Services, message: &ConsentRequestMessage) -> Res
     let table = services.table.as_ref();
     let id = message.enrichment_id.as_str();
     let Some(enrichment) = store::get_enrichment(table, id).await? else {
-        tracing::info!(enrichment_id = id, "consent request for a deleted enrichment dropped");
+        tracing::info!(
+            enrichment_id = id,
+            "consent request for a deleted enrichment dropped"
+        );
         return Ok(());
     };
     if enrichment.consent.request_id.as_deref() != Some(message.request_id.as_str()) {
@@ -249,7 +276,10 @@ async fn send_inner(services: &Services, message: &ConsentRequestMessage) -> Res
     recipients.dedup();
     if recipients.is_empty() {
         store::update_enrichment(table, id, |e| {
-            e.consent.error = Some("no Global Administrator with an email address was found; add consent_recipients".into());
+            e.consent.error = Some(
+                "no Global Administrator with an email address was found; add consent_recipients"
+                    .into(),
+            );
             true
         })
         .await?;
@@ -264,19 +294,32 @@ async fn send_inner(services: &Services, message: &ConsentRequestMessage) -> Res
         expires_at: expires.timestamp(),
     };
     // The state record makes the link single-use: the callback consumes it.
-    let mut record = Item::new(state_pk(&message.request_id), "STATE", serde_json::json!({"enrichment_id": id}));
+    let mut record = Item::new(
+        state_pk(&message.request_id),
+        "STATE",
+        serde_json::json!({"enrichment_id": id}),
+    );
     record.expires_at = Some(expires.timestamp() + 86_400);
     if table.get(&record.pk, &record.sk).await?.is_none() {
         table.put(record, Precondition::None).await?;
     }
-    let link = admin_consent_url(services, &sign_state(&services.settings.state_signing_key, &state));
+    let link = admin_consent_url(
+        services,
+        &sign_state(&services.settings.state_signing_key, &state),
+    );
     let pk = store::enrichment_pk(id);
     for recipient in &recipients {
         let marker = recipient_marker(&message.request_id, recipient);
         if table.get(&pk, &marker).await?.is_some() {
             continue;
         }
-        let email = consent_email(&enrichment, &link, expires, &services.settings.sender_email, recipient);
+        let email = consent_email(
+            &enrichment,
+            &link,
+            expires,
+            &services.settings.sender_email,
+            recipient,
+        );
         services.mailer.send(&email).await?;
         let mut sent = Item::new(pk.clone(), marker, serde_json::json!({"sent_at": now}));
         sent.expires_at = Some(expires.timestamp() + 86_400);
@@ -284,7 +327,9 @@ async fn send_inner(services: &Services, message: &ConsentRequestMessage) -> Res
     }
     let request_id = message.request_id.clone();
     store::update_enrichment(table, id, |e| {
-        if e.consent.request_id.as_deref() != Some(request_id.as_str()) || e.consent.status == ConsentStatus::Granted {
+        if e.consent.request_id.as_deref() != Some(request_id.as_str())
+            || e.consent.status == ConsentStatus::Granted
+        {
             return false;
         }
         e.consent.status = ConsentStatus::Requested;
@@ -294,7 +339,11 @@ async fn send_inner(services: &Services, message: &ConsentRequestMessage) -> Res
         true
     })
     .await?;
-    tracing::info!(enrichment_id = id, recipients = recipients.len(), "consent requested");
+    tracing::info!(
+        enrichment_id = id,
+        recipients = recipients.len(),
+        "consent requested"
+    );
     Ok(())
 }
 
@@ -336,37 +385,74 @@ pub struct CallbackQuery {
 
 /// record-consent: verifies the state (signature, expiry, current request, single use) and
 /// records the grant or denial. Never trusts the `tenant` the redirect carries.
-pub async fn record_callback(services: &Services, query: &CallbackQuery) -> Result<CallbackAnswer, PortError> {
+pub async fn record_callback(
+    services: &Services,
+    query: &CallbackQuery,
+) -> Result<CallbackAnswer, PortError> {
     let Some(state_text) = query.state.as_deref().filter(|s| !s.is_empty()) else {
-        return Ok(CallbackAnswer::new(400, "Consent link incomplete", "The answer carries no state; open the link from the consent email again."));
+        return Ok(CallbackAnswer::new(
+            400,
+            "Consent link incomplete",
+            "The answer carries no state; open the link from the consent email again.",
+        ));
     };
     let now = services.now();
     let state = match verify_state(&services.settings.state_signing_key, state_text, now) {
         Ok(s) => s,
         Err(StateError::Expired) => {
-            return Ok(CallbackAnswer::new(410, "Consent link expired", "This consent link has expired. Ask for a new one from the enrichment's settings."));
+            return Ok(CallbackAnswer::new(
+                410,
+                "Consent link expired",
+                "This consent link has expired. Ask for a new one from the enrichment's settings.",
+            ));
         }
         Err(e) => {
             tracing::warn!(error = %e, "consent callback with an invalid state");
-            return Ok(CallbackAnswer::new(400, "Consent link not valid", "This consent link is not valid."));
+            return Ok(CallbackAnswer::new(
+                400,
+                "Consent link not valid",
+                "This consent link is not valid.",
+            ));
         }
     };
     let table = services.table.as_ref();
     let Some(enrichment) = store::get_enrichment(table, &state.enrichment_id).await? else {
-        return Ok(CallbackAnswer::new(404, "Enrichment not found", "The enrichment this link was for no longer exists."));
+        return Ok(CallbackAnswer::new(
+            404,
+            "Enrichment not found",
+            "The enrichment this link was for no longer exists.",
+        ));
     };
     if enrichment.consent.request_id.as_deref() != Some(state.request_id.as_str()) {
-        return Ok(CallbackAnswer::new(409, "Consent link replaced", "A newer consent request replaced this link. Use the link of the latest email."));
+        return Ok(CallbackAnswer::new(
+            409,
+            "Consent link replaced",
+            "A newer consent request replaced this link. Use the link of the latest email.",
+        ));
     }
-    let granted = query.admin_consent.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let granted = query
+        .admin_consent
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if !granted && query.error.is_none() {
-        return Ok(CallbackAnswer::new(400, "Consent answer incomplete", "The answer says neither that consent was granted nor why it was not."));
+        return Ok(CallbackAnswer::new(
+            400,
+            "Consent answer incomplete",
+            "The answer says neither that consent was granted nor why it was not.",
+        ));
     }
     // Consuming the state record makes the link single-use.
-    match table.delete(&state_pk(&state.request_id), "STATE", Precondition::Present).await {
+    match table
+        .delete(&state_pk(&state.request_id), "STATE", Precondition::Present)
+        .await
+    {
         Ok(()) => {}
         Err(PortError::Conflict) => {
-            return Ok(CallbackAnswer::new(409, "Consent link already used", "This consent link was already used. Nothing was changed."));
+            return Ok(CallbackAnswer::new(
+                409,
+                "Consent link already used",
+                "This consent link was already used. Nothing was changed.",
+            ));
         }
         Err(e) => return Err(e),
     }
@@ -382,7 +468,14 @@ pub async fn record_callback(services: &Services, query: &CallbackQuery) -> Resu
             request_first_run(services, id).await?;
         }
         tracing::info!(enrichment_id = id, "admin consent granted");
-        Ok(CallbackAnswer::new(200, "Consent granted", format!("Thank you. The enrichment \"{}\" is now active and its first run has been requested.", enrichment.name)))
+        Ok(CallbackAnswer::new(
+            200,
+            "Consent granted",
+            format!(
+                "Thank you. The enrichment \"{}\" is now active and its first run has been requested.",
+                enrichment.name
+            ),
+        ))
     } else {
         let error = match (&query.error, &query.error_description) {
             (Some(code), Some(description)) => format!("{code}: {description}"),
@@ -402,7 +495,14 @@ pub async fn record_callback(services: &Services, query: &CallbackQuery) -> Resu
         })
         .await?;
         tracing::info!(enrichment_id = id, "admin consent denied");
-        Ok(CallbackAnswer::new(200, "Consent not granted", format!("The answer was recorded: consent for \"{}\" was not granted ({error}). Nothing will be downloaded.", enrichment.name)))
+        Ok(CallbackAnswer::new(
+            200,
+            "Consent not granted",
+            format!(
+                "The answer was recorded: consent for \"{}\" was not granted ({error}). Nothing will be downloaded.",
+                enrichment.name
+            ),
+        ))
     }
 }
 
@@ -411,7 +511,9 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("instant").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("instant")
+            .with_timezone(&Utc)
     }
 
     fn state() -> ConsentState {
@@ -425,21 +527,39 @@ mod tests {
     #[test]
     fn signed_states_verify_until_they_expire() {
         let text = sign_state(b"key", &state());
-        assert_eq!(verify_state(b"key", &text, at("2026-12-10T23:59:59Z")), Ok(state()));
-        assert_eq!(verify_state(b"key", &text, at("2026-12-11T00:00:00Z")), Err(StateError::Expired));
+        assert_eq!(
+            verify_state(b"key", &text, at("2026-12-10T23:59:59Z")),
+            Ok(state())
+        );
+        assert_eq!(
+            verify_state(b"key", &text, at("2026-12-11T00:00:00Z")),
+            Err(StateError::Expired)
+        );
     }
 
     #[test]
     fn forged_and_malformed_states_are_refused() {
         let text = sign_state(b"key", &state());
-        assert_eq!(verify_state(b"other", &text, at("2026-12-01T00:00:00Z")), Err(StateError::Forged));
+        assert_eq!(
+            verify_state(b"other", &text, at("2026-12-01T00:00:00Z")),
+            Err(StateError::Forged)
+        );
         let (payload, sig) = text.split_once('.').expect("two parts");
         let mut other = state();
         other.enrichment_id = "e2".into();
-        let swapped = format!("{}.{sig}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).expect("json")));
+        let swapped = format!(
+            "{}.{sig}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).expect("json"))
+        );
         assert_ne!(payload, swapped.split('.').next().unwrap_or_default());
-        assert_eq!(verify_state(b"key", &swapped, at("2026-12-01T00:00:00Z")), Err(StateError::Forged));
-        assert_eq!(verify_state(b"key", "nonsense", at("2026-12-01T00:00:00Z")), Err(StateError::Malformed));
+        assert_eq!(
+            verify_state(b"key", &swapped, at("2026-12-01T00:00:00Z")),
+            Err(StateError::Forged)
+        );
+        assert_eq!(
+            verify_state(b"key", "nonsense", at("2026-12-01T00:00:00Z")),
+            Err(StateError::Malformed)
+        );
     }
 
     #[test]

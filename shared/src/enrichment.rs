@@ -1,8 +1,7 @@
 //! Saving, editing, activating and deleting enrichments (the save-config function).
 
 use crate::config::{
-    Enrichment, EnrichmentRequest, EnrichmentStatus, MAX_MAILBOXES, MIN_MAILBOXES,
-    validate_request,
+    Enrichment, EnrichmentRequest, EnrichmentStatus, MAX_MAILBOXES, MIN_MAILBOXES, validate_request,
 };
 use crate::consent::ConsentRequestMessage;
 use crate::contacts::{ContactsError, header_fields};
@@ -18,7 +17,9 @@ const HEADER_SAMPLE_BYTES: usize = 64 * 1024;
 impl From<PortError> for Problem {
     fn from(e: PortError) -> Self {
         match e {
-            PortError::Conflict => Problem::conflict("the resource was changed concurrently; retry"),
+            PortError::Conflict => {
+                Problem::conflict("the resource was changed concurrently; retry")
+            }
             PortError::NotFound(what) => Problem::not_found(what),
             PortError::Throttled(who) => {
                 Problem::unavailable(format!("{who} is throttling requests; retry shortly"))
@@ -91,7 +92,10 @@ async fn check_customer_data(services: &Services, request: &EnrichmentRequest) -
     let fields = match header_fields(&bytes, data.format) {
         Ok(fields) => fields,
         Err(ContactsError::MissingField(f)) => {
-            return vec![FieldError::new("customer_data", format!("missing field {f}"))];
+            return vec![FieldError::new(
+                "customer_data",
+                format!("missing field {f}"),
+            )];
         }
         Err(e) => {
             return vec![FieldError::new(
@@ -119,7 +123,10 @@ async fn check_customer_data(services: &Services, request: &EnrichmentRequest) -
 }
 
 /// `POST /enrichments`.
-pub async fn create(services: &Services, request: EnrichmentRequest) -> Result<Enrichment, Problem> {
+pub async fn create(
+    services: &Services,
+    request: EnrichmentRequest,
+) -> Result<Enrichment, Problem> {
     let resolution = validate_and_resolve(services, &request).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let now = services.now();
@@ -127,7 +134,12 @@ pub async fn create(services: &Services, request: EnrichmentRequest) -> Result<E
         Enrichment::from_request(id, request, resolution.mailboxes.len(), now, None);
     enrichment.consent.request_id = Some(uuid::Uuid::new_v4().to_string());
     // Mailboxes first: the config item is the commit point that makes the enrichment exist.
-    store::replace_mailboxes(services.table.as_ref(), &enrichment.id, &resolution.mailboxes).await?;
+    store::replace_mailboxes(
+        services.table.as_ref(),
+        &enrichment.id,
+        &resolution.mailboxes,
+    )
+    .await?;
     store::save_enrichment(services.table.as_ref(), &enrichment).await?;
     tracing::info!(enrichment_id = %enrichment.id, mailboxes = enrichment.mailbox_count, "enrichment created");
     queue_consent_request(services, &enrichment).await;
@@ -147,9 +159,15 @@ pub async fn update(
                 "send If-Match with the version you last read",
             ));
         }
-        Some(v) => v.trim().trim_matches('"').trim_start_matches("W/").trim_matches('"')
+        Some(v) => v
+            .trim()
+            .trim_matches('"')
+            .trim_start_matches("W/")
+            .trim_matches('"')
             .parse()
-            .map_err(|_| Problem::bad_request("If-Match must be the enrichment's version number"))?,
+            .map_err(|_| {
+                Problem::bad_request("If-Match must be the enrichment's version number")
+            })?,
     };
     let existing = store::get_enrichment(services.table.as_ref(), id)
         .await?
@@ -186,7 +204,10 @@ fn stale(current: u64, expected: u64) -> Problem {
 
 /// `DELETE /enrichments/{id}`: config, mailboxes, consent, runs, cursors, accounts, activity, tables.
 pub async fn delete(services: &Services, id: &str) -> Result<(), Problem> {
-    if store::get_enrichment(services.table.as_ref(), id).await?.is_none() {
+    if store::get_enrichment(services.table.as_ref(), id)
+        .await?
+        .is_none()
+    {
         return Err(not_found(id));
     }
     let bucket = &services.settings.bucket;
@@ -200,12 +221,20 @@ pub async fn delete(services: &Services, id: &str) -> Result<(), Problem> {
 }
 
 /// `POST /enrichments/{id}/activate` and `/deactivate`.
-pub async fn set_active(services: &Services, id: &str, active: bool) -> Result<Enrichment, Problem> {
+pub async fn set_active(
+    services: &Services,
+    id: &str,
+    active: bool,
+) -> Result<Enrichment, Problem> {
     let mut refusal = None;
     let now = services.now();
     let updated = store::update_enrichment(services.table.as_ref(), id, |e| {
         refusal = None;
-        let target = if active { EnrichmentStatus::Active } else { EnrichmentStatus::Inactive };
+        let target = if active {
+            EnrichmentStatus::Active
+        } else {
+            EnrichmentStatus::Inactive
+        };
         if e.status == target {
             return false;
         }
@@ -218,7 +247,9 @@ pub async fn set_active(services: &Services, id: &str, active: bool) -> Result<E
             (status, _) => {
                 refusal = Some(Problem::conflict(format!(
                     "an enrichment in status {} cannot be {}; admin consent must be granted first",
-                    serde_json::to_string(&status).unwrap_or_default().trim_matches('"'),
+                    serde_json::to_string(&status)
+                        .unwrap_or_default()
+                        .trim_matches('"'),
                     if active { "activated" } else { "deactivated" }
                 )));
                 false

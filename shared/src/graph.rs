@@ -175,7 +175,11 @@ impl GraphClient {
 
     /// A Graph URL from a path relative to the base (`/users`).
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.settings.graph_base_url.trim_end_matches('/'), path)
+        format!(
+            "{}{}",
+            self.settings.graph_base_url.trim_end_matches('/'),
+            path
+        )
     }
 
     /// A valid access token, from the container's cache while it has more than a minute left.
@@ -314,12 +318,20 @@ impl GraphClient {
             .min(self.retry.max_delay)
     }
 
-    pub async fn get_page(&self, url: &str, headers: &[(&str, &str)]) -> Result<GraphPage, GraphError> {
+    pub async fn get_page(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<GraphPage, GraphError> {
         Ok(GraphPage::from_body(self.get_json(url, headers).await?))
     }
 
     /// Every item of a collection, following `@odata.nextLink` to the end.
-    pub async fn get_all(&self, url: &str, headers: &[(&str, &str)]) -> Result<Vec<Value>, GraphError> {
+    pub async fn get_all(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Vec<Value>, GraphError> {
         let mut items = Vec::new();
         let mut next = Some(url.to_string());
         while let Some(url) = next {
@@ -391,7 +403,11 @@ impl Directory for GraphClient {
                 "/groups",
                 &[("$filter", &filter), ("$select", "id,mail,displayName")],
             )?;
-            self.get_page(&url, &EVENTUAL).await?.items.into_iter().next()
+            self.get_page(&url, &EVENTUAL)
+                .await?
+                .items
+                .into_iter()
+                .next()
         };
         Ok(found.and_then(|v| {
             directory_user(&v).map(|u| DirectoryGroup {
@@ -408,7 +424,11 @@ impl Directory for GraphClient {
             &[("$select", "id,mail,displayName"), ("$top", "999")],
         )?;
         let items = self.get_all(&url, &EVENTUAL).await?;
-        Ok(items.iter().filter(|v| is_user(v)).filter_map(directory_user).collect())
+        Ok(items
+            .iter()
+            .filter(|v| is_user(v))
+            .filter_map(directory_user)
+            .collect())
     }
 
     async fn tenant_admins(&self) -> PortResult<Vec<DirectoryUser>> {
@@ -417,7 +437,11 @@ impl Directory for GraphClient {
             &[("$select", "id,mail,displayName")],
         )?;
         let items = self.get_all(&url, &[]).await?;
-        Ok(items.iter().filter(|v| is_user(v)).filter_map(directory_user).collect())
+        Ok(items
+            .iter()
+            .filter(|v| is_user(v))
+            .filter_map(directory_user)
+            .collect())
     }
 
     async fn domains(&self) -> PortResult<Vec<String>> {
@@ -441,7 +465,10 @@ impl Directory for GraphClient {
                 continue;
             };
             let assignments = self
-                .get_all(&self.url(&format!("/servicePrincipals/{id}/appRoleAssignments")), &[])
+                .get_all(
+                    &self.url(&format!("/servicePrincipals/{id}/appRoleAssignments")),
+                    &[],
+                )
                 .await?;
             if !assignments.is_empty() {
                 return Ok(true);

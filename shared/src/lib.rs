@@ -6,6 +6,7 @@ pub mod aws;
 pub mod config;
 pub mod consent;
 pub mod contacts;
+pub mod download;
 pub mod enrichment;
 pub mod graph;
 pub mod jobs;

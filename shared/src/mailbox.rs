@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use futures::stream::{self, StreamExt};
 
 use crate::config::MailboxSelection;
-use crate::ports::{Directory, PortResult};
+use crate::ports::{Directory, DirectoryGroup, DirectoryUser, PortResult};
 use crate::problem::FieldError;
 use crate::tables::UserEntityRow;
 
@@ -21,22 +21,42 @@ pub struct Resolution {
     pub unknown: Vec<FieldError>,
 }
 
-pub async fn resolve(directory: &dyn Directory, selection: &MailboxSelection) -> PortResult<Resolution> {
+type GroupLookup<'a> = (
+    usize,
+    &'a String,
+    PortResult<Option<(DirectoryGroup, Vec<DirectoryUser>)>>,
+);
+
+async fn lookup_user<'a>(
+    directory: &dyn Directory,
+    i: usize,
+    address: &'a String,
+) -> (usize, &'a String, PortResult<Option<DirectoryUser>>) {
+    (i, address, directory.user_by_address(address.trim()).await)
+}
+
+async fn lookup_group<'a>(directory: &dyn Directory, i: usize, key: &'a String) -> GroupLookup<'a> {
+    let group = match directory.group(key.trim()).await {
+        Ok(Some(group)) => group,
+        Ok(None) => return (i, key, Ok(None)),
+        Err(e) => return (i, key, Err(e)),
+    };
+    let members = directory.group_users(&group.id).await;
+    (i, key, members.map(|m| Some((group, m))))
+}
+
+pub async fn resolve(
+    directory: &dyn Directory,
+    selection: &MailboxSelection,
+) -> PortResult<Resolution> {
+    // Named async fns (not closures returning async blocks) keep the futures provably Send.
     let users = stream::iter(selection.users.iter().enumerate())
-        .map(|(i, address)| async move { (i, address, directory.user_by_address(address.trim()).await) })
+        .map(|(i, address)| lookup_user(directory, i, address))
         .buffered(LOOKUP_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let groups = stream::iter(selection.groups.iter().enumerate())
-        .map(|(i, key)| async move {
-            let group = match directory.group(key.trim()).await {
-                Ok(Some(group)) => group,
-                Ok(None) => return (i, key, Ok(None)),
-                Err(e) => return (i, key, Err(e)),
-            };
-            let members = directory.group_users(&group.id).await;
-            (i, key, members.map(|m| Some((group, m))))
-        })
+        .map(|(i, key)| lookup_group(directory, i, key))
         .buffered(LOOKUP_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
@@ -69,7 +89,9 @@ pub async fn resolve(directory: &dyn Directory, selection: &MailboxSelection) ->
                 let label = group.mail.clone().unwrap_or_else(|| group.id.clone());
                 for user in members {
                     // Members without a mailbox address cannot be read; skip them.
-                    let Some(mail) = user.mail.clone() else { continue };
+                    let Some(mail) = user.mail.clone() else {
+                        continue;
+                    };
                     by_id.entry(user.id.clone()).or_insert(UserEntityRow {
                         user_id: user.id,
                         email: mail.to_lowercase(),

@@ -102,8 +102,13 @@ pub trait Blobs: Send + Sync {
         key: &str,
         max_bytes: Option<usize>,
     ) -> PortResult<Option<Vec<u8>>>;
-    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str)
-    -> PortResult<()>;
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> PortResult<()>;
     async fn list(&self, bucket: &str, prefix: &str) -> PortResult<Vec<String>>;
     async fn delete_prefix(&self, bucket: &str, prefix: &str) -> PortResult<usize>;
 }
@@ -111,8 +116,12 @@ pub trait Blobs: Send + Sync {
 /// A message queue (SQS).
 #[async_trait]
 pub trait Queue: Send + Sync {
-    async fn send(&self, queue_url: &str, body: String, delay_seconds: Option<i32>)
-    -> PortResult<()>;
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: String,
+        delay_seconds: Option<i32>,
+    ) -> PortResult<()>;
     async fn send_many(&self, queue_url: &str, bodies: Vec<String>) -> PortResult<()>;
 }
 

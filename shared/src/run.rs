@@ -187,12 +187,19 @@ pub enum StartError {
 
 pub async fn save_run(table: &dyn Table, run: &Run) -> PortResult<()> {
     table
-        .put(Item::new(enrichment_pk(&run.enrichment_id), run.sk(), encode(run)?), Precondition::None)
+        .put(
+            Item::new(enrichment_pk(&run.enrichment_id), run.sk(), encode(run)?),
+            Precondition::None,
+        )
         .await
 }
 
 /// A run with its live progress counters merged in.
-pub async fn get_run(table: &dyn Table, enrichment_id: &str, run_id: &str) -> PortResult<Option<Run>> {
+pub async fn get_run(
+    table: &dyn Table,
+    enrichment_id: &str,
+    run_id: &str,
+) -> PortResult<Option<Run>> {
     let pk = enrichment_pk(enrichment_id);
     let Some(pointer) = table.get(&pk, &run_pointer_sk(run_id)).await? else {
         return Ok(None);
@@ -209,7 +216,9 @@ pub async fn get_run(table: &dyn Table, enrichment_id: &str, run_id: &str) -> Po
 }
 
 async fn merge_progress(table: &dyn Table, run: &mut Run) -> PortResult<()> {
-    if let Some(counters) = table.get(&enrichment_pk(&run.enrichment_id), &progress_sk(&run.id)).await?
+    if let Some(counters) = table
+        .get(&enrichment_pk(&run.enrichment_id), &progress_sk(&run.id))
+        .await?
         && let Some(map) = counters.doc.as_object()
     {
         for (k, v) in map {
@@ -227,7 +236,13 @@ pub async fn list_runs(
     cursor: Option<String>,
 ) -> PortResult<(Vec<Run>, Option<String>)> {
     let page = table
-        .query(&enrichment_pk(enrichment_id), "RUN#", Some(limit), cursor, true)
+        .query(
+            &enrichment_pk(enrichment_id),
+            "RUN#",
+            Some(limit),
+            cursor,
+            true,
+        )
         .await?;
     let mut runs = Vec::with_capacity(page.items.len());
     for item in &page.items {
@@ -284,21 +299,35 @@ async fn save_pointer(table: &dyn Table, run: &Run) -> PortResult<()> {
 async fn take_slot(table: &dyn Table, enrichment_id: &str, run_id: &str) -> Result<(), StartError> {
     let pk = enrichment_pk(enrichment_id);
     for _ in 0..2 {
-        let slot = Item::new(pk.clone(), ACTIVE_RUN_SK, serde_json::json!({"run_id": run_id}));
+        let slot = Item::new(
+            pk.clone(),
+            ACTIVE_RUN_SK,
+            serde_json::json!({"run_id": run_id}),
+        );
         match table.put(slot, Precondition::Absent).await {
             Ok(()) => return Ok(()),
             Err(PortError::Conflict) => {
                 let Some(holder) = table.get(&pk, ACTIVE_RUN_SK).await? else {
                     continue;
                 };
-                let holder_id = holder.doc.get("run_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                let holder_id = holder
+                    .doc
+                    .get("run_id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string();
                 match get_run(table, enrichment_id, &holder_id).await? {
-                    Some(run) if !run.status.is_final() => return Err(StartError::AlreadyActive(holder_id)),
+                    Some(run) if !run.status.is_final() => {
+                        return Err(StartError::AlreadyActive(holder_id));
+                    }
                     _ => {
-                        table.delete(&pk, ACTIVE_RUN_SK, Precondition::Present).await.or_else(|e| match e {
-                            PortError::Conflict => Ok(()),
-                            other => Err(other),
-                        })?;
+                        table
+                            .delete(&pk, ACTIVE_RUN_SK, Precondition::Present)
+                            .await
+                            .or_else(|e| match e {
+                                PortError::Conflict => Ok(()),
+                                other => Err(other),
+                            })?;
                     }
                 }
             }
@@ -314,7 +343,10 @@ pub async fn release_slot(table: &dyn Table, enrichment_id: &str, run_id: &str) 
     if let Some(holder) = table.get(&pk, ACTIVE_RUN_SK).await?
         && holder.doc.get("run_id").and_then(|v| v.as_str()) == Some(run_id)
     {
-        match table.delete(&pk, ACTIVE_RUN_SK, Precondition::Present).await {
+        match table
+            .delete(&pk, ACTIVE_RUN_SK, Precondition::Present)
+            .await
+        {
             Ok(()) | Err(PortError::Conflict) => {}
             Err(e) => return Err(e),
         }
@@ -324,7 +356,11 @@ pub async fn release_slot(table: &dyn Table, enrichment_id: &str, run_id: &str) 
 
 /// start-run: checks consent and activation, takes the slot, records the run and queues one
 /// download job per mailbox.
-pub async fn start_run(services: &Services, enrichment_id: &str, trigger: Trigger) -> Result<Run, StartError> {
+pub async fn start_run(
+    services: &Services,
+    enrichment_id: &str,
+    trigger: Trigger,
+) -> Result<Run, StartError> {
     let table = services.table.as_ref();
     let enrichment = store::get_enrichment(table, enrichment_id)
         .await?
@@ -351,8 +387,15 @@ pub async fn start_run(services: &Services, enrichment_id: &str, trigger: Trigge
     let as_of = services.settings.fixed_as_of.unwrap_or(now);
     let mailboxes = store::list_mailboxes(table, enrichment_id).await?;
     let mut download = Task::new(Status::Processing, now);
-    download.progress.insert("mailboxes_total".into(), mailboxes.len().into());
-    for key in ["mailboxes_done", "mailboxes_failed", "messages_seen", "events_seen"] {
+    download
+        .progress
+        .insert("mailboxes_total".into(), mailboxes.len().into());
+    for key in [
+        "mailboxes_done",
+        "mailboxes_failed",
+        "messages_seen",
+        "events_seen",
+    ] {
         download.progress.insert(key.into(), 0.into());
     }
     let run = Run {
@@ -383,10 +426,18 @@ pub async fn start_run(services: &Services, enrichment_id: &str, trigger: Trigge
             .unwrap_or_default()
         })
         .collect();
-    if let Err(e) = services.queue.send_many(&services.settings.download_queue_url, jobs).await {
+    if let Err(e) = services
+        .queue
+        .send_many(&services.settings.download_queue_url, jobs)
+        .await
+    {
         // Without its jobs the run can never finish: fail it and free the slot.
         let mut failed = run.clone();
-        failed.tasks.download.errors.push(format!("could not queue the download jobs: {e}"));
+        failed
+            .tasks
+            .download
+            .errors
+            .push(format!("could not queue the download jobs: {e}"));
         failed.tasks.download.finish(Status::Failure, now);
         failed.tasks.score.finish(Status::Skipped, now);
         failed.derive_status(now);
@@ -400,7 +451,12 @@ pub async fn start_run(services: &Services, enrichment_id: &str, trigger: Trigge
 
 /// Applies `change` to a stored run (read-modify-write; runs are written by one task at a time,
 /// and counters that several jobs touch live in the progress item instead).
-pub async fn update_run<F>(table: &dyn Table, enrichment_id: &str, run_id: &str, change: F) -> PortResult<Option<Run>>
+pub async fn update_run<F>(
+    table: &dyn Table,
+    enrichment_id: &str,
+    run_id: &str,
+    change: F,
+) -> PortResult<Option<Run>>
 where
     F: FnOnce(&mut Run),
 {
@@ -453,7 +509,13 @@ pub async fn finish_mailbox(
             ],
         )
         .await?;
-    let value = |name: &str| counters.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap_or(0);
+    let value = |name: &str| {
+        counters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    };
     let (done, failed) = (value("mailboxes_done"), value("mailboxes_failed"));
     let now = services.now();
     let warning = outcome.warning.clone();
@@ -479,10 +541,15 @@ pub async fn finish_mailbox(
     let all_failed = done == 0;
     let run = update_run(table, &job.enrichment_id, &job.run_id, |run| {
         if failed > 0 {
-            run.tasks.download.warnings.push(format!("{failed} of {total} mailboxes failed and were left out"));
+            run.tasks.download.warnings.push(format!(
+                "{failed} of {total} mailboxes failed and were left out"
+            ));
         }
         if all_failed {
-            run.tasks.download.errors.push("every mailbox failed; nothing to score".into());
+            run.tasks
+                .download
+                .errors
+                .push("every mailbox failed; nothing to score".into());
             run.tasks.download.finish(Status::Failure, now);
             run.tasks.score.finish(Status::Skipped, now);
         } else {
@@ -502,14 +569,23 @@ pub async fn finish_mailbox(
         };
         services
             .queue
-            .send(&services.settings.score_queue_url, serde_json::to_string(&message).unwrap_or_default(), None)
+            .send(
+                &services.settings.score_queue_url,
+                serde_json::to_string(&message).unwrap_or_default(),
+                None,
+            )
             .await?;
     }
     Ok(())
 }
 
 /// Adds to a run's download counters (items seen), for progress while a mailbox is still running.
-pub async fn add_progress(table: &dyn Table, job: &DownloadJob, messages: i64, events: i64) -> PortResult<()> {
+pub async fn add_progress(
+    table: &dyn Table,
+    job: &DownloadJob,
+    messages: i64,
+    events: i64,
+) -> PortResult<()> {
     if messages == 0 && events == 0 {
         return Ok(());
     }
@@ -524,7 +600,11 @@ pub async fn add_progress(table: &dyn Table, job: &DownloadJob, messages: i64, e
 }
 
 /// `POST .../runs/{runId}/cancel`.
-pub async fn cancel_run(services: &Services, enrichment_id: &str, run_id: &str) -> PortResult<Option<Run>> {
+pub async fn cancel_run(
+    services: &Services,
+    enrichment_id: &str,
+    run_id: &str,
+) -> PortResult<Option<Run>> {
     let now = services.now();
     let table = services.table.as_ref();
     let run = update_run(table, enrichment_id, run_id, |run| {
@@ -544,7 +624,9 @@ pub async fn cancel_run(services: &Services, enrichment_id: &str, run_id: &str) 
 
 /// The schedule tick: starts the runs of active enrichments that are due, records skipped runs of
 /// those that cannot start, and looks for consent given in the admin console.
-pub async fn schedule_tick(services: &Services) -> PortResult<Vec<(String, Result<String, String>)>> {
+pub async fn schedule_tick(
+    services: &Services,
+) -> PortResult<Vec<(String, Result<String, String>)>> {
     let table = services.table.as_ref();
     let now = services.now();
     let mut started = Vec::new();
@@ -567,7 +649,11 @@ pub async fn schedule_tick(services: &Services) -> PortResult<Vec<(String, Resul
         let due = enrichment.schedule.latest_due(after, now);
         table
             .put(
-                Item::new(enrichment_pk(&id), SCHEDULE_SK, serde_json::json!({"checked_until": now})),
+                Item::new(
+                    enrichment_pk(&id),
+                    SCHEDULE_SK,
+                    serde_json::json!({"checked_until": now}),
+                ),
                 Precondition::None,
             )
             .await?;

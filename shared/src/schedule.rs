@@ -269,10 +269,18 @@ mod tests {
             times: vec!["25:00".into()],
             time_zone: "Mars/Olympus".into(),
         };
-        let fields: Vec<String> = s.validate("schedule").into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = s
+            .validate("schedule")
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(
             fields,
-            ["schedule.time_zone", "schedule.times[0]", "schedule.days[0]"]
+            [
+                "schedule.time_zone",
+                "schedule.times[0]",
+                "schedule.days[0]"
+            ]
         );
         assert!(Schedule::default().validate("schedule").is_empty());
     }

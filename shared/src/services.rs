@@ -151,7 +151,10 @@ impl Services {
             GraphClient::new(settings.graph.clone()).map_err(|e| SettingsError(e.to_string()))?,
         );
         Ok(Services {
-            table: Arc::new(DynamoTable::new(clients.dynamodb.clone(), &settings.table_name)),
+            table: Arc::new(DynamoTable::new(
+                clients.dynamodb.clone(),
+                &settings.table_name,
+            )),
             blobs: Arc::new(S3Blobs::new(clients.s3.clone())),
             queue: Arc::new(SqsQueue::new(clients.sqs.clone())),
             mailer: Arc::new(SesMailer::new(clients.ses.clone())),

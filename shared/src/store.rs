@@ -38,7 +38,11 @@ pub async fn get_enrichment(table: &dyn Table, id: &str) -> PortResult<Option<En
 /// Stores an enrichment whose `version` is already the new one: on create the item must be absent,
 /// on update the stored version must be the previous one (optimistic concurrency).
 pub async fn save_enrichment(table: &dyn Table, enrichment: &Enrichment) -> PortResult<()> {
-    let mut item = Item::new(enrichment_pk(&enrichment.id), CONFIG_SK, encode(enrichment)?);
+    let mut item = Item::new(
+        enrichment_pk(&enrichment.id),
+        CONFIG_SK,
+        encode(enrichment)?,
+    );
     item.version = enrichment.version;
     let precondition = if enrichment.version <= 1 {
         Precondition::Absent
@@ -89,7 +93,9 @@ pub async fn list_enrichments(
     limit: usize,
     cursor: Option<String>,
 ) -> PortResult<(Vec<Enrichment>, Option<String>)> {
-    let page = table.query(INDEX_PK, "", Some(limit), cursor, false).await?;
+    let page = table
+        .query(INDEX_PK, "", Some(limit), cursor, false)
+        .await?;
     let mut enrichments = Vec::with_capacity(page.items.len());
     for item in &page.items {
         if let Some(e) = get_enrichment(table, &item.sk).await? {
@@ -144,9 +150,18 @@ pub async fn replace_mailboxes(
     table.delete_many(stale).await
 }
 
-pub async fn list_mailboxes(table: &dyn Table, enrichment_id: &str) -> PortResult<Vec<UserEntityRow>> {
+pub async fn list_mailboxes(
+    table: &dyn Table,
+    enrichment_id: &str,
+) -> PortResult<Vec<UserEntityRow>> {
     let page = table
-        .query(&enrichment_pk(enrichment_id), MAILBOX_PREFIX, None, None, false)
+        .query(
+            &enrichment_pk(enrichment_id),
+            MAILBOX_PREFIX,
+            None,
+            None,
+            false,
+        )
         .await?;
     page.items.iter().map(decode).collect()
 }
@@ -174,6 +189,8 @@ pub async fn delete_enrichment_items(table: &dyn Table, enrichment_id: &str) -> 
         table.delete_many(keys).await?;
     }
     table.delete(&pk, CONFIG_SK, Precondition::None).await?;
-    table.delete(INDEX_PK, enrichment_id, Precondition::None).await?;
+    table
+        .delete(INDEX_PK, enrichment_id, Precondition::None)
+        .await?;
     Ok(deleted + 1)
 }

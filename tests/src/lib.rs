@@ -1,1 +1,213 @@
+//! Harness of the cross-function integration tests: a local stack per test (its own table,
+//! queues and bucket in the shared moto server, its own Graph emulator) and an HTTP client that
+//! calls the API through the same gateway and handlers as `make local`.
 
+use std::time::Duration;
+
+use graph_emulator::{EmulatorOptions, Fixture, FixtureGroup, FixtureUser};
+use local_stack::stack::{GraphSource, LocalStack, StackConfig};
+use serde_json::{Value, json};
+
+pub struct TestStack {
+    pub stack: LocalStack,
+    pub http: reqwest::Client,
+    pub admin: String,
+    pub reader: String,
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+impl TestStack {
+    pub async fn start(fixture: Fixture) -> TestStack {
+        Self::start_with(fixture, |_| {}).await
+    }
+
+    pub async fn start_with(fixture: Fixture, adjust: impl FnOnce(&mut StackConfig)) -> TestStack {
+        let options = EmulatorOptions {
+            now: chrono::Utc::now(),
+            ..EmulatorOptions::default()
+        };
+        let mut config = StackConfig::new(GraphSource::Emulator(Box::new(fixture), options));
+        let id = unique("t");
+        config.prefix = format!("{id}-");
+        config.bucket = format!("{id}-engagement");
+        config.api_port = Some(0);
+        adjust(&mut config);
+        let stack = LocalStack::start(config)
+            .await
+            .expect("local stack starts (is MOTO_URL set? run through `make test`)");
+        TestStack {
+            stack,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("http client"),
+            admin: local_stack::token::issue("admin", 1).expect("token"),
+            reader: local_stack::token::issue("reader", 1).expect("token"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.stack.api_url.clone().unwrap_or_default())
+    }
+
+    pub fn emulator_url(&self) -> String {
+        self.stack
+            .emulator
+            .as_ref()
+            .map(|e| e.url.clone())
+            .unwrap_or_default()
+    }
+
+    /// Calls the API; answers the status, the headers and the JSON body (Null when none).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("API answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(if text.is_empty() {
+            Value::Null
+        } else {
+            Value::String(text)
+        });
+        (status, headers, body)
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, _, body) = self
+            .call(method, path, Some(&self.admin.clone()), body, &[])
+            .await;
+        (status, body)
+    }
+
+    pub async fn upload_csv(&self, name: &str, csv: &str) -> String {
+        self.stack
+            .upload_customer_data(name, csv.as_bytes().to_vec())
+            .await
+            .expect("upload")
+    }
+
+    /// Polls `check` until it answers Some, or panics after `seconds`.
+    pub async fn eventually<T, F, Fut>(&self, seconds: u64, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("timed out after {seconds}s waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn sent_emails(&self) -> Vec<Value> {
+        self.stack.sent_emails().await.expect("moto state")
+    }
+
+    /// Emails to `to` whose text mentions `marker` (tests share one moto server).
+    pub async fn emails_to(&self, to: &str, marker: &str) -> Vec<Value> {
+        self.sent_emails()
+            .await
+            .into_iter()
+            .filter(|m| m.to_string().contains(to) && m.to_string().contains(marker))
+            .collect()
+    }
+}
+
+pub fn user(id: &str, mail: &str, name: &str, admin: bool) -> FixtureUser {
+    FixtureUser {
+        id: id.into(),
+        mail: mail.into(),
+        display_name: name.into(),
+        user_principal_name: mail.into(),
+        proxy_addresses: vec![],
+        admin,
+    }
+}
+
+pub fn group(id: &str, mail: &str, members: &[&str]) -> FixtureGroup {
+    FixtureGroup {
+        id: id.into(),
+        mail: mail.into(),
+        display_name: mail.split('@').next().unwrap_or_default().into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+pub const ALICE: &str = "00000000-0000-0000-0000-00000000a11c";
+pub const BOB: &str = "00000000-0000-0000-0000-000000000b0b";
+pub const CAROL: &str = "00000000-0000-0000-0000-0000000ca201";
+pub const DAVE: &str = "00000000-0000-0000-0000-00000000da7e";
+pub const ADMIN1: &str = "00000000-0000-0000-0000-0000000ad001";
+pub const ADMIN2: &str = "00000000-0000-0000-0000-0000000ad002";
+pub const SALES: &str = "10000000-0000-0000-0000-000000000001";
+pub const US_SALES: &str = "10000000-0000-0000-0000-000000000002";
+
+/// A small tenant: four mailboxes, two admins, `all-sales` nesting `us-sales` and naming bob twice.
+pub fn small_tenant() -> Fixture {
+    let mut alice = user(ALICE, "alice@contoso.com", "Alice Adams", false);
+    alice.proxy_addresses = vec!["smtp:a.adams@contoso.com".into()];
+    Fixture {
+        tenant_id: "7a1b2c3d-0000-4000-8000-00000000c0de".into(),
+        domains: vec!["contoso.com".into()],
+        users: vec![
+            alice,
+            user(BOB, "bob@contoso.com", "Bob Brown", false),
+            user(CAROL, "carol@contoso.com", "Carol Clark", false),
+            user(DAVE, "dave@contoso.com", "Dave Davis", false),
+            user(ADMIN1, "it.admin@contoso.com", "IT Admin", true),
+            user(ADMIN2, "global.admin@contoso.com", "Global Admin", true),
+        ],
+        groups: vec![
+            group(US_SALES, "us-sales@contoso.com", &[BOB, CAROL]),
+            group(SALES, "all-sales@contoso.com", &[US_SALES, BOB, DAVE]),
+        ],
+        messages: vec![],
+        events: vec![],
+    }
+}
+
+pub const CONTACTS_CSV: &str = "AccountId,AccountName,EMail\nACC-1,Fabrikam,jo@fabrikam.com\nACC-2,Northwind,max@northwind.com\n";
+
+/// A valid create body for the small tenant.
+pub fn create_body(uri: &str) -> Value {
+    json!({
+        "name": "Account engagement",
+        "mailboxes": { "users": ["alice@contoso.com"], "groups": ["all-sales@contoso.com"] },
+        "consent_agreed": true,
+        "customer_data": { "uri": uri, "format": "csv", "account_id_field": "AccountId", "email_field": "EMail" },
+        "schedule": { "frequency": "weekly", "days": ["mon"], "times": ["02:00"], "time_zone": "Europe/London" },
+        "exclusions": ["@gmail.com"],
+        "score": { "half_life_days": 90, "weights": { "email": 0.4, "meeting": 0.4, "breadth": 0.2 } }
+    })
+}

@@ -38,7 +38,10 @@ async fn route(services: &Services, request: &Request) -> Result<Response<Body>,
             let (items, next) =
                 store::list_enrichments(table, limit, query_param(request, "cursor")).await?;
             let items: Vec<_> = items.iter().map(|e| e.summary()).collect();
-            Ok(api::json_response(200, &serde_json::json!({"items": items, "next_cursor": next})))
+            Ok(api::json_response(
+                200,
+                &serde_json::json!({"items": items, "next_cursor": next}),
+            ))
         }
         (Method::GET, ["enrichments", id]) => {
             let found = store::get_enrichment(table, id)
@@ -51,7 +54,10 @@ async fn route(services: &Services, request: &Request) -> Result<Response<Body>,
                 .await?
                 .ok_or_else(|| enrichment::not_found(id))?;
             let users = store::list_mailboxes(table, id).await?;
-            Ok(api::json_response(200, &serde_json::json!({"items": users, "next_cursor": null})))
+            Ok(api::json_response(
+                200,
+                &serde_json::json!({"items": users, "next_cursor": null}),
+            ))
         }
         _ => Err(Problem::not_found("no such route")),
     }

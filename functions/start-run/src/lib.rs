@@ -41,12 +41,14 @@ async fn route(services: &Services, request: &Request) -> Result<Response<Body>,
     let segments = path_segments(request);
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (request.method().clone(), segments.as_slice()) {
-        (Method::POST, ["enrichments", id, "runs"]) => match start_run(services, id, Trigger::Manual).await {
-            Ok(run) => Ok(api::json_response(202, &run)),
-            Err(StartError::NotFound(id)) => Err(shared::enrichment::not_found(&id)),
-            Err(StartError::Port(e)) => Err(e.into()),
-            Err(refusal) => Err(Problem::conflict(refusal.to_string())),
-        },
+        (Method::POST, ["enrichments", id, "runs"]) => {
+            match start_run(services, id, Trigger::Manual).await {
+                Ok(run) => Ok(api::json_response(202, &run)),
+                Err(StartError::NotFound(id)) => Err(shared::enrichment::not_found(&id)),
+                Err(StartError::Port(e)) => Err(e.into()),
+                Err(refusal) => Err(Problem::conflict(refusal.to_string())),
+            }
+        }
         _ => Err(Problem::not_found("no such route")),
     }
 }

@@ -7,17 +7,21 @@ async fn main() -> Result<(), Error> {
     init_logging();
     let services = Services::from_env().await?;
     let services = &services;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        let answer = match classify(event.payload)? {
-            Invocation::Http(request) => {
-                let response = start_run::handle_http(services, *request).await;
-                http_answer(response)
-            }
-            Invocation::Queue(sqs) => serde_json::to_value(start_run::handle_queue(services, sqs).await)?,
-            Invocation::Tick => start_run::handle_tick(services).await?,
-        };
-        Ok::<_, Error>(answer)
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let answer = match classify(event.payload)? {
+                Invocation::Http(request) => {
+                    let response = start_run::handle_http(services, *request).await;
+                    http_answer(response)
+                }
+                Invocation::Queue(sqs) => {
+                    serde_json::to_value(start_run::handle_queue(services, sqs).await)?
+                }
+                Invocation::Tick => start_run::handle_tick(services).await?,
+            };
+            Ok::<_, Error>(answer)
+        },
+    ))
     .await
 }
 

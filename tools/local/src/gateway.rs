@@ -76,10 +76,12 @@ pub struct Gateway {
 fn problem(status: u16, title: &str, detail: &str) -> axum::response::Response {
     let body = serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail});
     let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/problem+json"));
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
     response
 }
 
@@ -96,7 +98,11 @@ pub async fn serve_request(
     };
     let header_map: HashMap<String, String> = headers
         .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_lowercase(), v.to_string())))
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_lowercase(), v.to_string()))
+        })
         .collect();
     // API Gateway's JWT authorizer: protected routes get the claims of a valid token, or no
     // claims at all (the handler then answers 401).
@@ -105,7 +111,10 @@ pub async fn serve_request(
     } else {
         header_map
             .get("authorization")
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .and_then(|token| crate::token::verify(token.trim()))
     };
     let body_text = String::from_utf8_lossy(&body).into_owned();
@@ -122,7 +131,7 @@ pub async fn serve_request(
         Ok(r) => r,
         Err(e) => return problem(400, "Bad request", &e.to_string()),
     };
-    let response = dispatch_http(&gateway.services, &function.binary, request).await;
+    let response = run_handler(gateway.services.clone(), function.binary.clone(), request).await;
     let (parts, body) = response.into_parts();
     let bytes = match body {
         Body::Text(text) => text.into_bytes(),
@@ -132,8 +141,26 @@ pub async fn serve_request(
     axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
+/// Runs a handler on a blocking-pool thread of its own runtime handle: rustc cannot yet prove that
+/// some handler futures are `Send` for every lifetime (a known limitation with async closures),
+/// which axum requires; Lambda's runtime does not.
+async fn run_handler(services: Services, binary: String, request: Request) -> Response<Body> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(dispatch_http(&services, &binary, request))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        shared::api::problem_response(&shared::problem::Problem::internal(format!(
+            "handler panicked: {e}"
+        )))
+    })
+}
+
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, gateway: Gateway) -> std::io::Result<()> {
-    let app = axum::Router::new().fallback(serve_request).with_state(gateway);
+    let app = axum::Router::new()
+        .fallback(serve_request)
+        .with_state(gateway);
     axum::serve(listener, app).await
 }

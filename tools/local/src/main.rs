@@ -61,7 +61,9 @@ pub fn story(as_of: Option<DateTime<Utc>>) -> Result<Story, String> {
         options.now = now;
     }
     if let Some(latency) = env("EMULATOR_LATENCY_MS") {
-        options.latency_ms = latency.parse().map_err(|_| "EMULATOR_LATENCY_MS must be a number")?;
+        options.latency_ms = latency
+            .parse()
+            .map_err(|_| "EMULATOR_LATENCY_MS must be a number")?;
     }
     let (fixture, customer_data) = match env("TENANT_FIXTURE") {
         Some(path) => (
@@ -77,7 +79,8 @@ pub fn story(as_of: Option<DateTime<Utc>>) -> Result<Story, String> {
                     ..SyntheticOptions::default()
                 },
             );
-            let data = customer_file.unwrap_or_else(|| ("contacts.csv".into(), tenant.customer_csv.into_bytes()));
+            let data = customer_file
+                .unwrap_or_else(|| ("contacts.csv".into(), tenant.customer_csv.into_bytes()));
             (tenant.fixture, Some(data))
         }
     };
@@ -91,18 +94,28 @@ pub fn story(as_of: Option<DateTime<Utc>>) -> Result<Story, String> {
 async fn serve() -> Result<(), String> {
     let as_of = as_of()?;
     let story = story(as_of)?;
-    let port: u16 = env("PORT").map(|p| p.parse().map_err(|_| "PORT must be a number")).transpose()?.unwrap_or(3000);
+    let port: u16 = env("PORT")
+        .map(|p| p.parse().map_err(|_| "PORT must be a number"))
+        .transpose()?
+        .unwrap_or(3000);
     let mut config = StackConfig::new(story.graph);
     config.as_of = as_of;
     config.api_port = Some(port);
-    config.tick = Some(Duration::from_secs(env("TICK_SECONDS").and_then(|s| s.parse().ok()).unwrap_or(60)));
+    config.tick = Some(Duration::from_secs(
+        env("TICK_SECONDS")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    ));
     let stack = LocalStack::start(config).await?;
     println!("MOTO_URL={}", stack.moto_url);
     if let Some(emulator) = &stack.emulator {
         println!("GRAPH_EMULATOR_URL={}", emulator.url);
     }
     if let Some((name, bytes)) = story.customer_data {
-        println!("CUSTOMER_DATA_URI={}", stack.upload_customer_data(&name, bytes).await?);
+        println!(
+            "CUSTOMER_DATA_URI={}",
+            stack.upload_customer_data(&name, bytes).await?
+        );
     }
     println!("API_URL={}", stack.api_url.clone().unwrap_or_default());
     println!("ADMIN_TOKEN={}", local_stack::token::issue("admin", 12)?);
@@ -123,7 +136,9 @@ async fn main() {
         "serve" => serve().await,
         "demo" => demo::run().await,
         "token" => {
-            let role = env("ROLE").or_else(|| std::env::args().nth(2)).unwrap_or_else(|| "admin".into());
+            let role = env("ROLE")
+                .or_else(|| std::env::args().nth(2))
+                .unwrap_or_else(|| "admin".into());
             local_stack::token::issue(&role, 12).map(|t| println!("{t}"))
         }
         _ => Err("usage: local-stack serve | demo | token [admin|reader]".into()),

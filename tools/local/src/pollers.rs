@@ -12,7 +12,12 @@ use shared::services::Services;
 use tokio::sync::Semaphore;
 
 /// Calls the SQS handler of a function by its binary name.
-pub async fn dispatch_sqs(services: &Services, binary: &str, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+pub async fn dispatch_sqs(
+    services: &Services,
+    binary: &str,
+    event: SqsEvent,
+    deadline: Instant,
+) -> SqsBatchResponse {
     match binary {
         "send-consent" => send_consent::handle(services, event).await,
         "start-run" => start_run::handle_queue(services, event).await,
@@ -42,7 +47,11 @@ fn to_event(message: &shared::aws::sqs_sdk::types::Message, queue_arn: &str) -> 
     record.body = message.body().map(str::to_string);
     record.attributes = message
         .attributes()
-        .map(|a| a.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     record.event_source = Some("aws:sqs".into());
     record.event_source_arn = Some(queue_arn.to_string());

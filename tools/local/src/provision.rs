@@ -51,7 +51,12 @@ pub async fn provision(
                 .attribute_type(ScalarAttributeType::S)
                 .build()
         };
-        let key = |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+        };
         clients
             .dynamodb
             .create_table()
@@ -82,7 +87,14 @@ pub async fn provision(
         }
     }
 
-    if clients.s3.head_bucket().bucket(bucket).send().await.is_err() {
+    if clients
+        .s3
+        .head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .is_err()
+    {
         clients
             .s3
             .create_bucket()
@@ -98,13 +110,15 @@ pub async fn provision(
     queues.sort_by_key(|q| q.redrive.is_some());
     for queue in &queues {
         let name = format!("{prefix}{}", queue.logical_id);
-        let mut request = clients
-            .sqs
-            .create_queue()
-            .queue_name(&name)
-            .attributes(QueueAttributeName::VisibilityTimeout, queue.visibility_timeout.to_string());
+        let mut request = clients.sqs.create_queue().queue_name(&name).attributes(
+            QueueAttributeName::VisibilityTimeout,
+            queue.visibility_timeout.to_string(),
+        );
         if let Some((dlq, max_receive)) = &queue.redrive {
-            let dlq_url = queue_urls.get(dlq).cloned().ok_or_else(|| format!("{dlq} is not a queue"))?;
+            let dlq_url = queue_urls
+                .get(dlq)
+                .cloned()
+                .ok_or_else(|| format!("{dlq} is not a queue"))?;
             let attributes = clients
                 .sqs
                 .get_queue_attributes()
@@ -120,11 +134,15 @@ pub async fn provision(
                 .unwrap_or_default();
             request = request.attributes(
                 QueueAttributeName::RedrivePolicy,
-                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive}).to_string(),
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive})
+                    .to_string(),
             );
         }
         let out = request.send().await.map_err(err("queue"))?;
-        queue_urls.insert(queue.logical_id.clone(), out.queue_url().unwrap_or_default().to_string());
+        queue_urls.insert(
+            queue.logical_id.clone(),
+            out.queue_url().unwrap_or_default().to_string(),
+        );
     }
 
     // SES only sends from verified identities, in moto as in AWS.

@@ -115,7 +115,10 @@ async fn wait_until_up(url: &str) -> Result<(), String> {
 pub async fn start_moto() -> Result<(Child, String), String> {
     let binary = repo_root().join(".venv/bin/moto_server");
     if !binary.exists() {
-        return Err(format!("{} is missing: run `make tools` first", binary.display()));
+        return Err(format!(
+            "{} is missing: run `make tools` first",
+            binary.display()
+        ));
     }
     let port = free_port().map_err(|e| e.to_string())?;
     let child = Command::new(&binary)
@@ -147,9 +150,10 @@ impl LocalStack {
                 if let Some(as_of) = config.as_of {
                     options.now = as_of;
                 }
-                let emulator = graph_emulator::start(*fixture, options, SocketAddr::from(([127, 0, 0, 1], 0)))
-                    .await
-                    .map_err(|e| format!("graph emulator: {e}"))?;
+                let emulator =
+                    graph_emulator::start(*fixture, options, SocketAddr::from(([127, 0, 0, 1], 0)))
+                        .await
+                        .map_err(|e| format!("graph emulator: {e}"))?;
                 let settings = GraphSettings {
                     graph_base_url: emulator.graph_base_url(),
                     login_base_url: emulator.login_base_url(),
@@ -163,7 +167,14 @@ impl LocalStack {
         };
         let clients = AwsClients::for_endpoint(&moto_url, REGION).await;
         let spec = Arc::new(template::load(&repo_root().join("template.yaml"))?);
-        let provisioned = provision(&clients, &spec, &config.prefix, &config.bucket, SENDER_EMAIL).await?;
+        let provisioned = provision(
+            &clients,
+            &spec,
+            &config.prefix,
+            &config.bucket,
+            SENDER_EMAIL,
+        )
+        .await?;
 
         let listener = match config.api_port {
             Some(port) => Some(
@@ -174,7 +185,10 @@ impl LocalStack {
             None => None,
         };
         let api_url = match &listener {
-            Some(l) => Some(format!("http://{}", l.local_addr().map_err(|e| e.to_string())?)),
+            Some(l) => Some(format!(
+                "http://{}",
+                l.local_addr().map_err(|e| e.to_string())?
+            )),
             None => None,
         };
         let settings = Settings {
@@ -195,7 +209,8 @@ impl LocalStack {
             pseudonymization_key: b"local-pseudonymization-key".to_vec(),
             fixed_as_of: config.as_of,
         };
-        let services = Services::new(settings, &clients, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+        let services =
+            Services::new(settings, &clients, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
 
         let mut tasks = Vec::new();
         if let Some(listener) = listener {
@@ -214,14 +229,21 @@ impl LocalStack {
                 for (queue, _batch) in &function.queues {
                     let queue_url = provisioned.queue_url(queue);
                     let poller = PollerConfig {
-                        queue_arn: format!("arn:aws:sqs:{REGION}:000000000000:{}{queue}", config.prefix),
+                        queue_arn: format!(
+                            "arn:aws:sqs:{REGION}:000000000000:{}{queue}",
+                            config.prefix
+                        ),
                         queue_url,
                         binary: function.binary.clone(),
                         concurrency: if function.binary == "download" { 8 } else { 2 },
                         job_time: config.job_time,
                         retry_delay: config.retry_delay,
                     };
-                    tasks.push(tokio::spawn(poll(clients.clone(), services.clone(), poller)));
+                    tasks.push(tokio::spawn(poll(
+                        clients.clone(),
+                        services.clone(),
+                        poller,
+                    )));
                 }
             }
         }
@@ -251,9 +273,17 @@ impl LocalStack {
     }
 
     /// Uploads a local file as customer data; answers its s3:// URI.
-    pub async fn upload_customer_data(&self, file_name: &str, bytes: Vec<u8>) -> Result<String, String> {
+    pub async fn upload_customer_data(
+        &self,
+        file_name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, String> {
         let key = format!("customer-data/{file_name}");
-        let content_type = if file_name.ends_with(".csv") { "text/csv" } else { "application/x-ndjson" };
+        let content_type = if file_name.ends_with(".csv") {
+            "text/csv"
+        } else {
+            "application/x-ndjson"
+        };
         self.services
             .blobs
             .put(&self.provisioned.bucket, &key, bytes, content_type)
@@ -275,26 +305,9 @@ pub async fn sent_emails(moto_url: &str) -> Result<Vec<serde_json::Value>, Strin
         .json()
         .await
         .map_err(|e| e.to_string())?;
-    let mut found = Vec::new();
-    collect_sent(&data, &mut found);
-    Ok(found)
-}
-
-/// moto keeps sent messages under ses → … → sent_messages; walk the dump to find them.
-fn collect_sent(value: &serde_json::Value, found: &mut Vec<serde_json::Value>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                if k == "sent_messages" {
-                    if let Some(list) = v.as_array() {
-                        found.extend(list.iter().cloned());
-                    }
-                } else {
-                    collect_sent(v, found);
-                }
-            }
-        }
-        serde_json::Value::Array(list) => list.iter().for_each(|v| collect_sent(v, found)),
-        _ => {}
-    }
+    // moto's state dump keeps the messages SES accepted under ses → Message.
+    Ok(data["ses"]["Message"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }

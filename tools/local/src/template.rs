@@ -91,7 +91,11 @@ pub fn parse(template: &str) -> Result<StackSpec, String> {
         let props = resource.get("Properties").cloned().unwrap_or(Value::Null);
         match kind.as_str() {
             "AWS::DynamoDB::Table" => {
-                let keys = props.get("KeySchema").and_then(|k| k.as_sequence()).cloned().unwrap_or_default();
+                let keys = props
+                    .get("KeySchema")
+                    .and_then(|k| k.as_sequence())
+                    .cloned()
+                    .unwrap_or_default();
                 let key_of = |kind: &str| {
                     keys.iter()
                         .find(|k| text(k, "KeyType").as_deref() == Some(kind))
@@ -190,6 +194,8 @@ impl StackSpec {
     }
 
     pub fn function_for_queue(&self, queue: &str) -> Option<&FunctionSpec> {
-        self.functions.iter().find(|f| f.queues.iter().any(|(q, _)| q == queue))
+        self.functions
+            .iter()
+            .find(|f| f.queues.iter().any(|(q, _)| q == queue))
     }
 }

@@ -37,8 +37,12 @@ pub fn issue(role: &str, hours: i64) -> Result<String, String> {
         iat: now,
         roles,
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(DEV_KEY))
-        .map_err(|e| e.to_string())
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(DEV_KEY),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The claims of a valid token, rendered as API Gateway renders them (arrays as `[a b]`).
@@ -46,7 +50,9 @@ pub fn verify(token: &str) -> Option<HashMap<String, String>> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_audience(&[AUDIENCE]);
     validation.set_issuer(&[ISSUER]);
-    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(DEV_KEY), &validation).ok()?;
+    let data =
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(DEV_KEY), &validation)
+            .ok()?;
     let c = data.claims;
     Some(HashMap::from([
         ("sub".to_string(), c.sub),
