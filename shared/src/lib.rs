@@ -14,6 +14,7 @@ pub mod mailbox;
 pub mod ports;
 pub mod privacy;
 pub mod problem;
+pub mod results;
 pub mod run;
 pub mod schedule;
 pub mod score;

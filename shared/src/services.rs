@@ -6,7 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::aws::{AwsClients, DynamoTable, S3Blobs, SesMailer, SqsQueue};
-use crate::graph::{DEFAULT_GRAPH_BASE_URL, DEFAULT_LOGIN_BASE_URL, GraphClient, GraphSettings};
+use crate::graph::{
+    DEFAULT_GRAPH_BASE_URL, DEFAULT_LOGIN_BASE_URL, GraphClient, GraphSettings, RetryPolicy,
+};
 use crate::ports::{Blobs, Directory, Mailer, Queue, Table};
 
 /// Deployment settings, from environment variables (template.yaml sets them in Lambda, the
@@ -32,6 +34,8 @@ pub struct Settings {
     pub pseudonymization_key: Vec<u8>,
     /// A fixed as-of instant for runs (the local stack's `AS_OF`); None in production.
     pub fixed_as_of: Option<DateTime<Utc>>,
+    /// How Graph requests are retried.
+    pub graph_retry: RetryPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +99,7 @@ impl Settings {
             state_signing_key: secret_value("state_signing_key")?.into_bytes(),
             pseudonymization_key: secret_value("pseudonymization_key")?.into_bytes(),
             fixed_as_of,
+            graph_retry: RetryPolicy::default(),
         })
     }
 }
@@ -148,7 +153,9 @@ impl Services {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, SettingsError> {
         let graph = Arc::new(
-            GraphClient::new(settings.graph.clone()).map_err(|e| SettingsError(e.to_string()))?,
+            GraphClient::new(settings.graph.clone())
+                .map_err(|e| SettingsError(e.to_string()))?
+                .with_retry(settings.graph_retry),
         );
         Ok(Services {
             table: Arc::new(DynamoTable::new(

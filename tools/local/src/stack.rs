@@ -49,6 +49,7 @@ pub struct StackConfig {
     pub job_time: Duration,
     /// Seconds before a failed message is delivered again.
     pub retry_delay: i32,
+    pub graph_retry: shared::graph::RetryPolicy,
 }
 
 impl StackConfig {
@@ -64,6 +65,7 @@ impl StackConfig {
             tick: None,
             job_time: Duration::from_secs(900),
             retry_delay: 1,
+            graph_retry: shared::graph::RetryPolicy::default(),
         }
     }
 }
@@ -208,6 +210,7 @@ impl LocalStack {
             state_signing_key: b"local-state-signing-key".to_vec(),
             pseudonymization_key: b"local-pseudonymization-key".to_vec(),
             fixed_as_of: config.as_of,
+            graph_retry: config.graph_retry,
         };
         let services =
             Services::new(settings, &clients, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
