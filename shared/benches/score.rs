@@ -270,10 +270,15 @@ pub fn main() {
         }
     }
     let aggregate_secs = start.elapsed().as_secs_f64() - read_secs;
+    let rss_aggregated = vm("VmRSS:");
+    let hwm_aggregated = vm("VmHWM:");
     let f0 = Instant::now();
     let outcome = scorer.finish();
     let finish_secs = f0.elapsed().as_secs_f64();
     let score_secs = aggregate_secs + finish_secs;
+    println!(
+        "after all partitions (accumulators + last partition buffers): VmRSS {rss_aggregated}, VmHWM {hwm_aggregated}"
+    );
     println!("contact index build: {index_secs:.3} s");
     println!(
         "decode+aggregate: {aggregate_secs:.3} s, finish (percentiles, rows): {finish_secs:.3} s, file reads (excluded): {read_secs:.3} s"

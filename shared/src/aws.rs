@@ -351,7 +351,7 @@ impl Table for DynamoTable {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key(pk, sk)))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew);
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
         let mut clauses = Vec::new();
         for (i, (name, delta)) in deltas.iter().enumerate() {
             clauses.push(format!("#c{i} :v{i}"));

@@ -82,7 +82,6 @@ const MEET_TO: usize = 2;
 const MEET_FROM: usize = 3;
 /// Fixed point of a half weight: `u = round(w · 2^61)`.
 const HALF_UNIT: f64 = (1u64 << 61) as f64;
-const NO_SLOT: u32 = u32::MAX;
 
 // ---------------------------------------------------------------------------------------------------------
 // Parameters and levels
@@ -394,6 +393,134 @@ impl Hasher for IdHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+#[derive(Debug, Clone, Copy)]
+struct Slot<V> {
+    key: Id16,
+    full: bool,
+    val: V,
+}
+
+/// Open-addressing (linear probing) table keyed by 16-byte ids. Key and value share a slot, so a lookup
+/// in a large table is normally a single cache miss (a `HashMap` touches its control bytes and its
+/// bucket array separately).
+#[derive(Debug, Clone)]
+struct IdTable<V> {
+    slots: Vec<Slot<V>>,
+    mask: usize,
+    shift: u32,
+    len: usize,
+}
+
+impl<V: Copy + Default> Default for IdTable<V> {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl<V: Copy + Default> IdTable<V> {
+    /// Slots for `n` keys at a load of at most 3/4.
+    fn slots_for(n: usize) -> usize {
+        (n.max(8) * 4 / 3 + 1).next_power_of_two()
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        let cap = Self::slots_for(n);
+        Self {
+            slots: vec![
+                Slot {
+                    key: [0; 16],
+                    full: false,
+                    val: V::default(),
+                };
+                cap
+            ],
+            mask: cap - 1,
+            shift: 64 - cap.trailing_zeros(),
+            len: 0,
+        }
+    }
+
+    /// Empties the table, keeping (or growing to) room for `n` keys.
+    fn reset(&mut self, n: usize) {
+        if Self::slots_for(n) > self.slots.len() {
+            *self = Self::with_capacity(n);
+        } else if self.len > 0 {
+            for s in &mut self.slots {
+                s.full = false;
+            }
+            self.len = 0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn home(&self, key: &Id16) -> usize {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&key[..8]);
+        b.copy_from_slice(&key[8..]);
+        let x = u64::from_le_bytes(a) ^ u64::from_le_bytes(b).rotate_left(29);
+        (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    #[inline]
+    fn get(&self, key: &Id16) -> Option<V> {
+        let mut i = self.home(key);
+        loop {
+            let s = &self.slots[i];
+            if !s.full {
+                return None;
+            }
+            if s.key == *key {
+                return Some(s.val);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The slot of `key`, filled with `val` first when absent; `true` when it was inserted.
+    #[inline]
+    fn get_or_insert(&mut self, key: &Id16, val: V) -> (&mut V, bool) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mut i = self.home(key);
+        loop {
+            if !self.slots[i].full {
+                self.slots[i] = Slot {
+                    key: *key,
+                    full: true,
+                    val,
+                };
+                self.len += 1;
+                return (&mut self.slots[i].val, true);
+            }
+            if self.slots[i].key == *key {
+                return (&mut self.slots[i].val, false);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.slots);
+        // Twice the slots: the load drops from 3/4 to 3/8.
+        *self = Self::with_capacity(old.len() * 3 / 4);
+        for s in old {
+            if s.full {
+                self.get_or_insert(&s.key, s.val);
+            }
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = V> + '_ {
+        self.slots.iter().filter(|s| s.full).map(|s| s.val)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Contacts
 
@@ -403,7 +530,7 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 pub struct ContactIndex {
     accounts: Vec<String>,
     /// contact → range in `pair_accounts`.
-    map: FastMap<Id16, (u32, u32)>,
+    map: IdTable<(u32, u32)>,
     /// Account index of each (contact, account) pair; a pair's position is its id.
     pair_accounts: Vec<u32>,
 }
@@ -422,8 +549,7 @@ impl ContactIndex {
             by_contact.push((hash, (accounts.len() - 1) as u32));
         }
         by_contact.sort_unstable();
-        let mut map: FastMap<Id16, (u32, u32)> = FastMap::default();
-        map.reserve(by_contact.len());
+        let mut map = IdTable::with_capacity(by_contact.len());
         let mut pair_accounts = Vec::with_capacity(by_contact.len());
         let mut i = 0;
         while i < by_contact.len() {
@@ -433,7 +559,7 @@ impl ContactIndex {
                 pair_accounts.push(by_contact[i].1);
                 i += 1;
             }
-            map.insert(h, (start, pair_accounts.len() as u32 - start));
+            map.get_or_insert(&h, (start, pair_accounts.len() as u32 - start));
         }
         Self {
             accounts,
@@ -456,6 +582,7 @@ impl ContactIndex {
         &self.accounts
     }
 
+    /// Distinct contact hashes.
     pub fn contact_count(&self) -> usize {
         self.map.len()
     }
@@ -470,7 +597,7 @@ impl ContactIndex {
     /// `(account index, pair id)` of a contact.
     #[inline]
     fn range(&self, contact: &Id16) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let (start, len) = self.map.get(contact).copied().unwrap_or((0, 0));
+        let (start, len) = self.map.get(contact).unwrap_or((0, 0));
         (start..start + len).map(move |p| (self.pair_accounts[p as usize], p))
     }
 }
@@ -478,15 +605,37 @@ impl ContactIndex {
 // ---------------------------------------------------------------------------------------------------------
 // Accumulators
 
+/// Weeks (Monday starts) that can hold a day of the 365-day window.
+const WEEKS: usize = 54;
+
 #[derive(Debug, Clone, Copy)]
 struct Clock {
     t_ms: i64,
     /// Exclusive lower bounds `T − window` of Week, Month, Year.
     lower: [i64; 3],
     half_life_days: f64,
+    /// Day number (since 1970-01-01) of the Monday of the Year window's first day.
+    first_monday: i64,
+}
+
+/// Day number of the Monday starting the week of `t` (1970-01-01 was a Thursday).
+#[inline]
+fn monday_of(t: i64) -> i64 {
+    let days = t.div_euclid(DAY_MS);
+    days - (days + 3).rem_euclid(7)
 }
 
 impl Clock {
+    fn new(t_ms: i64, half_life_days: f64) -> Self {
+        let lower = Level::ALL.map(|l| t_ms.saturating_sub(l.window_days() * DAY_MS));
+        Self {
+            t_ms,
+            lower,
+            half_life_days,
+            first_monday: monday_of(lower[2].saturating_add(1)),
+        }
+    }
+
     /// 0 = Week window, 1 = Month but not Week, 2 = Year but not Month, NONE = outside or future.
     #[inline]
     fn bucket(&self, t: i64) -> u8 {
@@ -514,20 +663,28 @@ impl Clock {
         };
         (w * HALF_UNIT).round() as u128
     }
+
+    /// Week slot of a time inside the Year window.
+    #[inline]
+    fn week(&self, t: i64) -> usize {
+        ((monday_of(t) - self.first_monday) / 7) as usize
+    }
 }
 
 /// What one window bucket of one account accumulated (levels are prefix sums of buckets).
+/// Cache-line aligned; an email updates only the first line.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 struct Bucket {
     counts: [u64; 4],
     e: u128,
-    m: u128,
     first_ms: i64,
     last_email_ms: i64,
+    m: u128,
     last_meeting_ms: i64,
+    replies: u64,
     meeting_ms: i128,
     reply_ms: i128,
-    replies: u64,
 }
 
 impl Default for Bucket {
@@ -566,34 +723,63 @@ impl Bucket {
     }
 }
 
+/// Everything kept about one account across partitions.
+#[derive(Debug, Clone, Default)]
+struct AccountAcc {
+    buckets: [Bucket; 3],
+    /// Counts by kind per week of the Year window (`WEEKS` entries once used).
+    weeks: Vec<[u32; 4]>,
+    /// Distinct internal people, sorted: `iid << 16 | email bucket << 8 | meeting bucket`.
+    internal: Vec<u64>,
+}
+
+impl AccountAcc {
+    #[inline]
+    fn week_add(&mut self, week: usize, kind: usize) {
+        if self.weeks.is_empty() {
+            self.weeks = vec![[0; 4]; WEEKS];
+        }
+        if let Some(w) = self.weeks.get_mut(week) {
+            w[kind] = w[kind].saturating_add(1);
+        }
+    }
+
+    /// Records internal person `iid` in a counted email (`which` 0) or meeting (1) of bucket `b`.
+    #[inline]
+    fn internal_seen(&mut self, iid: u32, which: usize, b: u8) {
+        let iid = u64::from(iid);
+        let shift = if which == 0 { 8 } else { 0 };
+        let pos = self.internal.partition_point(|&x| (x >> 16) < iid);
+        match self.internal.get_mut(pos) {
+            Some(x) if (*x >> 16) == iid => {
+                let cur = (*x >> shift) & 0xFF;
+                if u64::from(b) < cur {
+                    *x = (*x & !(0xFF << shift)) | (u64::from(b) << shift);
+                }
+            }
+            _ => {
+                let none = u64::from(NONE);
+                let v = (iid << 16) | (none << 8) | none;
+                let v = (v & !(0xFF << shift)) | (u64::from(b) << shift);
+                self.internal.insert(pos, v);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Agg {
-    /// Account index → slot in `accs` (NO_SLOT until the account has activity).
-    slot: Vec<u32>,
-    accs: Vec<[Bucket; 3]>,
+    /// By account index.
+    accs: Vec<AccountAcc>,
     /// Per (contact, account) pair: smallest bucket seen in a counted email / meeting.
     pair_levels: Vec<[u8; 2]>,
     internal_ids: FastMap<Id16, u32>,
-    /// (account << 32 | internal id) → smallest bucket seen in a counted email / meeting.
-    internal_pairs: FastMap<u64, [u8; 2]>,
-    /// (account << 32 | monday day number as u32) → counts by kind.
-    history: FastMap<u64, [u64; 4]>,
     emails_processed: u64,
     meetings_processed: u64,
     earliest_ms: Option<i64>,
 }
 
 impl Agg {
-    #[inline]
-    fn bucket_mut(&mut self, account: u32, b: u8) -> &mut Bucket {
-        let s = &mut self.slot[account as usize];
-        if *s == NO_SLOT {
-            *s = self.accs.len() as u32;
-            self.accs.push([Bucket::default(); 3]);
-        }
-        &mut self.accs[*s as usize][b as usize]
-    }
-
     #[inline]
     fn processed(&mut self, t: i64) {
         self.earliest_ms = Some(self.earliest_ms.map_or(t, |e| e.min(t)));
@@ -603,22 +789,6 @@ impl Agg {
     fn intern(&mut self, id: &Id16) -> u32 {
         let next = self.internal_ids.len() as u32;
         *self.internal_ids.entry(*id).or_insert(next)
-    }
-
-    #[inline]
-    fn history_add(&mut self, account: u32, t: i64, kind: usize) {
-        let days = t.div_euclid(DAY_MS);
-        // 1970-01-01 was a Thursday: days_from_monday = (days + 3) mod 7.
-        let monday = days - (days + 3).rem_euclid(7);
-        let key = (u64::from(account) << 32) | u64::from(monday as i32 as u32);
-        self.history.entry(key).or_insert([0; 4])[kind] += 1;
-    }
-
-    #[inline]
-    fn internal_seen(&mut self, account: u32, iid: u32, which: usize, b: u8) {
-        let key = (u64::from(account) << 32) | u64::from(iid);
-        let e = self.internal_pairs.entry(key).or_insert([NONE, NONE]);
-        e[which] = e[which].min(b);
     }
 }
 
@@ -774,14 +944,24 @@ fn meeting_cmp(buf: &PartitionBuf, a: &MeetingRow, b: &MeetingRow) -> std::cmp::
         })
 }
 
+/// Per-partition working memory, reused across partitions.
 #[derive(Debug, Default)]
 struct Scratch {
-    canon: FastMap<Id16, u32>,
-    groups: FastMap<(Id16, Id16), u32>,
+    /// message key → index of its first copy.
+    first: IdTable<u32>,
+    /// Per copy: index of the first copy of its message.
+    copy_first: Vec<u32>,
+    /// Per first copy: index of the canonical copy.
+    canon: Vec<u32>,
+    /// Per first copy: range in `msg_accounts` of the accounts the message concerns (sender's accounts
+    /// for a contact's email, recipients' accounts for an internal person's email).
+    msg_range: Vec<(u32, u32)>,
+    msg_accounts: Vec<u32>,
+    groups: IdTable<u32>,
     antecedents: Vec<(u64, i64)>,
     candidates: Vec<(u64, i64, u32)>,
-    replies: FastMap<(u32, Id16), (i64, u8)>,
-    winners: FastMap<Id16, u32>,
+    replies: Vec<(u64, i64)>,
+    winners: IdTable<u32>,
     ext: Vec<(u32, u32)>,
     counted: Vec<u32>,
     org: Vec<u32>,
@@ -806,19 +986,13 @@ pub struct Scorer {
 
 impl Scorer {
     pub fn new(contacts: ContactIndex, as_of: DateTime<Utc>, params: ScoreParams) -> Self {
-        let t_ms = as_of.timestamp_millis();
-        let lower = Level::ALL.map(|l| t_ms.saturating_sub(l.window_days() * DAY_MS));
         let agg = Agg {
-            slot: vec![NO_SLOT; contacts.accounts.len()],
+            accs: vec![AccountAcc::default(); contacts.accounts.len()],
             pair_levels: vec![[NONE, NONE]; contacts.pair_accounts.len()],
             ..Agg::default()
         };
         Self {
-            clock: Clock {
-                t_ms,
-                lower,
-                half_life_days: params.half_life_days,
-            },
+            clock: Clock::new(as_of.timestamp_millis(), params.half_life_days),
             contacts,
             as_of,
             params,
@@ -868,6 +1042,7 @@ impl Scorer {
             buf.push(r);
         }
         self.process(&buf);
+        buf.clear();
         self.buf = buf;
     }
 
@@ -900,9 +1075,11 @@ impl Scorer {
             self.tombstone(r);
         }
         self.process_emails(buf);
+        self.replies(buf);
         self.process_meetings(buf);
     }
 
+    #[inline(never)]
     fn process_emails(&mut self, buf: &PartitionBuf) {
         let Self {
             contacts,
@@ -911,76 +1088,82 @@ impl Scorer {
             scratch: s,
             ..
         } = self;
-        // Dedupe: canonical copy per message.
+        let n = buf.emails.len();
+        // Dedupe: first copy and canonical copy per message.
+        s.first.reset(n);
+        s.copy_first.clear();
         s.canon.clear();
-        s.canon.reserve(buf.emails.len());
+        s.canon.resize(n, 0);
         for (i, row) in buf.emails.iter().enumerate() {
-            s.canon
-                .entry(row.message_key)
-                .and_modify(|c| {
-                    if email_cmp(buf, row, &buf.emails[*c as usize]).is_lt() {
-                        *c = i as u32;
-                    }
-                })
-                .or_insert(i as u32);
-        }
-        {
-            let Scratch {
-                canon,
-                ext,
-                counted,
-                internal,
-                ..
-            } = s;
-            let mut es = EmailScratch {
-                ext,
-                counted,
-                internal,
-            };
-            for &ci in canon.values() {
-                count_email(contacts, clock, agg, &mut es, buf, &buf.emails[ci as usize]);
+            let i = i as u32;
+            let (f, inserted) = s.first.get_or_insert(&row.message_key, i);
+            let f = *f;
+            s.copy_first.push(f);
+            if inserted {
+                s.canon[i as usize] = i;
+            } else if email_cmp(buf, row, &buf.emails[s.canon[f as usize] as usize]).is_lt() {
+                s.canon[f as usize] = i;
             }
         }
+        s.msg_range.clear();
+        s.msg_range.resize(n, (0, 0));
+        s.msg_accounts.clear();
+        let mut es = EmailScratch {
+            ext: &mut s.ext,
+            counted: &mut s.counted,
+            internal: &mut s.internal,
+        };
+        for f in 0..n {
+            if s.copy_first[f] as usize != f {
+                continue;
+            }
+            let row = &buf.emails[s.canon[f] as usize];
+            count_email(contacts, clock, agg, &mut es, buf, row);
+            let start = s.msg_accounts.len() as u32;
+            s.msg_accounts.extend_from_slice(es.counted);
+            s.msg_range[f] = (start, es.counted.len() as u32);
+        }
+    }
 
-        // Reply rule over all copies.
-        s.groups.clear();
+    /// The reply rule over all copies of the partition's emails.
+    #[inline(never)]
+    fn replies(&mut self, buf: &PartitionBuf) {
+        let Self {
+            clock,
+            agg,
+            scratch: s,
+            ..
+        } = self;
+        s.groups.reset(0);
         s.antecedents.clear();
         s.candidates.clear();
-        for row in &buf.emails {
-            match row.from {
-                Party::Internal(_) => {
-                    s.counted.clear();
-                    for p in buf.parties_of(row.start, row.len) {
-                        if let Party::External(id) = p {
-                            s.counted.extend(contacts.range(id).map(|(a, _)| a));
-                        }
-                    }
-                    if s.counted.is_empty() {
-                        continue;
-                    }
-                    s.counted.sort_unstable();
-                    s.counted.dedup();
-                    let g = group_id(&mut s.groups, row);
-                    for &a in &s.counted {
-                        s.antecedents
-                            .push(((u64::from(g) << 32) | u64::from(a), row.sent_at_ms));
-                    }
+        for (i, row) in buf.emails.iter().enumerate() {
+            let f = s.copy_first[i];
+            let (start, len) = s.msg_range[f as usize];
+            if len == 0 {
+                continue;
+            }
+            let canon = &buf.emails[s.canon[f as usize] as usize];
+            let internal_sender = canon.from.is_internal();
+            if !internal_sender && clock.bucket(canon.sent_at_ms) == NONE {
+                continue;
+            }
+            // Copies of one conversation in one mailbox; conversation keys are keyed hashes, so the
+            // xor with the mailbox id is as collision-free as the keys themselves.
+            let mut gkey = row.conversation_key;
+            for (g, m) in gkey.iter_mut().zip(row.mailbox) {
+                *g ^= m;
+            }
+            let next = s.groups.len() as u32;
+            let g = u64::from(*s.groups.get_or_insert(&gkey, next).0) << 32;
+            let accounts = &s.msg_accounts[start as usize..(start + len) as usize];
+            if internal_sender {
+                for &a in accounts {
+                    s.antecedents.push((g | u64::from(a), row.sent_at_ms));
                 }
-                Party::External(id) => {
-                    let Some(&ci) = s.canon.get(&row.message_key) else {
-                        continue;
-                    };
-                    if clock.bucket(buf.emails[ci as usize].sent_at_ms) == NONE {
-                        continue;
-                    }
-                    for (a, _) in contacts.range(&id) {
-                        let g = group_id(&mut s.groups, row);
-                        s.candidates.push((
-                            (u64::from(g) << 32) | u64::from(a),
-                            row.sent_at_ms,
-                            ci,
-                        ));
-                    }
+            } else {
+                for &a in accounts {
+                    s.candidates.push((g | u64::from(a), row.sent_at_ms, f));
                 }
             }
         }
@@ -989,28 +1172,36 @@ impl Scorer {
         }
         s.antecedents.sort_unstable();
         s.replies.clear();
-        for &(key, t, ci) in &s.candidates {
+        for &(key, t, f) in &s.candidates {
             let lo = s.antecedents.partition_point(|&(k, _)| k < key);
             let hi = lo + s.antecedents[lo..].partition_point(|&(k, at)| k == key && at < t);
             if hi == lo {
                 continue;
             }
-            let reply_ms = t - s.antecedents[hi - 1].1;
-            let canon = &buf.emails[ci as usize];
-            let b = clock.bucket(canon.sent_at_ms);
-            let account = (key & 0xFFFF_FFFF) as u32;
+            let account = key & 0xFFFF_FFFF;
             s.replies
-                .entry((account, canon.message_key))
-                .and_modify(|e| e.0 = e.0.min(reply_ms))
-                .or_insert((reply_ms, b));
+                .push(((account << 32) | u64::from(f), t - s.antecedents[hi - 1].1));
         }
-        for (&(account, _), &(reply_ms, b)) in &s.replies {
-            let bucket = agg.bucket_mut(account, b);
-            bucket.reply_ms += i128::from(reply_ms);
-            bucket.replies += 1;
+        // Several copies of one reply: count it once, with its shortest time.
+        s.replies.sort_unstable();
+        let mut i = 0;
+        while i < s.replies.len() {
+            let (key, shortest) = s.replies[i];
+            while i < s.replies.len() && s.replies[i].0 == key {
+                i += 1;
+            }
+            let f = (key & 0xFFFF_FFFF) as usize;
+            let b = clock.bucket(buf.emails[s.canon[f] as usize].sent_at_ms);
+            if b == NONE {
+                continue;
+            }
+            let bk = &mut agg.accs[(key >> 32) as usize].buckets[b as usize];
+            bk.reply_ms += i128::from(shortest);
+            bk.replies += 1;
         }
     }
 
+    #[inline(never)]
     fn process_meetings(&mut self, buf: &PartitionBuf) {
         let Self {
             contacts,
@@ -1020,23 +1211,19 @@ impl Scorer {
             tombstones,
             ..
         } = self;
-        s.winners.clear();
+        s.winners.reset(buf.meetings.len());
         for (i, m) in buf.meetings.iter().enumerate() {
             if let Some(&removed_at) = tombstones.get(&(m.mailbox, m.event_key))
                 && removed_at >= m.version_ms
             {
                 continue;
             }
-            s.winners
-                .entry(m.uid_key)
-                .and_modify(|w| {
-                    if meeting_cmp(buf, m, &buf.meetings[*w as usize]).is_gt() {
-                        *w = i as u32;
-                    }
-                })
-                .or_insert(i as u32);
+            let (w, inserted) = s.winners.get_or_insert(&m.uid_key, i as u32);
+            if !inserted && meeting_cmp(buf, m, &buf.meetings[*w as usize]).is_gt() {
+                *w = i as u32;
+            }
         }
-        for &wi in s.winners.values() {
+        for wi in s.winners.values() {
             let m = &buf.meetings[wi as usize];
             if m.cancelled {
                 continue;
@@ -1087,25 +1274,27 @@ impl Scorer {
 
             let u2 = 2 * clock.unit(m.start_ms);
             let duration = i128::from(m.end_ms.saturating_sub(m.start_ms).max(0));
-            for &a in &s.counted {
+            let week = clock.week(m.start_ms);
+            for &a in s.counted.iter() {
                 let kind = if s.org.binary_search(&a).is_ok() {
                     MEET_FROM
                 } else {
                     MEET_TO
                 };
-                let bk = agg.bucket_mut(a, b);
+                let acc = &mut agg.accs[a as usize];
+                let bk = &mut acc.buckets[b as usize];
                 bk.counts[kind] += 1;
                 bk.m += u2;
                 bk.meeting_ms += duration;
                 bk.first_ms = bk.first_ms.min(m.start_ms);
                 bk.last_meeting_ms = bk.last_meeting_ms.max(m.start_ms);
-                agg.history_add(a, m.start_ms, kind);
-                for &iid in &s.internal {
-                    agg.internal_seen(a, iid, 1, b);
+                acc.week_add(week, kind);
+                for &iid in s.internal.iter() {
+                    acc.internal_seen(iid, 1, b);
                 }
             }
             // Every matched contact's account is counted for this meeting.
-            for &(_, p) in &s.ext {
+            for &(_, p) in s.ext.iter() {
                 let lv = &mut agg.pair_levels[p as usize][1];
                 *lv = (*lv).min(b);
             }
@@ -1122,7 +1311,7 @@ impl Scorer {
             agg,
             ..
         } = self;
-        let n_slots = agg.accs.len();
+        let n = agg.accs.len();
 
         #[derive(Clone, Copy, Default)]
         struct Distinct {
@@ -1132,30 +1321,26 @@ impl Scorer {
             contacts_m: u64,
             breadth: u64,
         }
-        // Per slot and level: cumulative buckets and distinct counts.
-        let mut levels: Vec<[Bucket; 3]> = agg
+        // Per account and level: cumulative buckets and distinct counts.
+        let levels: Vec<[Bucket; 3]> = agg
             .accs
             .iter()
-            .map(|b| {
+            .map(|acc| {
                 let mut out = [Bucket::default(); 3];
                 let mut run = Bucket::default();
                 for l in 0..3 {
-                    run.merge(&b[l]);
+                    run.merge(&acc.buckets[l]);
                     out[l] = run;
                 }
                 out
             })
             .collect();
-        let mut distinct = vec![[Distinct::default(); 3]; n_slots];
+        let mut distinct = vec![[Distinct::default(); 3]; n];
         for (p, lv) in agg.pair_levels.iter().enumerate() {
             if *lv == [NONE, NONE] {
                 continue;
             }
-            let slot = agg.slot[contacts.pair_accounts[p] as usize];
-            if slot == NO_SLOT {
-                continue;
-            }
-            let d = &mut distinct[slot as usize];
+            let d = &mut distinct[contacts.pair_accounts[p] as usize];
             for (l, dl) in d.iter_mut().enumerate() {
                 let l = l as u8;
                 dl.contacts_e += u64::from(lv[0] <= l);
@@ -1163,25 +1348,24 @@ impl Scorer {
                 dl.breadth += u64::from(lv[0].min(lv[1]) <= l);
             }
         }
-        for (&key, lv) in &agg.internal_pairs {
-            let slot = agg.slot[(key >> 32) as usize];
-            if slot == NO_SLOT {
-                continue;
-            }
-            for (l, dl) in distinct[slot as usize].iter_mut().enumerate() {
-                let l = l as u8;
-                dl.internal_e += u64::from(lv[0] <= l);
-                dl.internal_m += u64::from(lv[1] <= l);
+        for (acc, d) in agg.accs.iter().zip(distinct.iter_mut()) {
+            for &x in &acc.internal {
+                let (e, m) = (((x >> 8) & 0xFF) as u8, (x & 0xFF) as u8);
+                for (l, dl) in d.iter_mut().enumerate() {
+                    let l = l as u8;
+                    dl.internal_e += u64::from(e <= l);
+                    dl.internal_m += u64::from(m <= l);
+                }
             }
         }
 
         // Percentiles and scores per level.
-        let mut scores = vec![[(0u8, Components::default()); 3]; n_slots];
+        let mut scores = vec![[(0u8, Components::default()); 3]; n];
         for l in 0..3 {
             let mut e_vals = Vec::new();
             let mut m_vals = Vec::new();
             let mut b_vals = Vec::new();
-            for (slot, lv) in levels.iter().enumerate() {
+            for (a, lv) in levels.iter().enumerate() {
                 let bk = &lv[l];
                 if !bk.active() {
                     continue;
@@ -1192,7 +1376,7 @@ impl Scorer {
                 if bk.m > 0 {
                     m_vals.push(bk.m);
                 }
-                let b = distinct[slot][l].breadth;
+                let b = distinct[a][l].breadth;
                 if b > 0 {
                     b_vals.push(u128::from(b));
                 }
@@ -1200,7 +1384,7 @@ impl Scorer {
             e_vals.sort_unstable();
             m_vals.sort_unstable();
             b_vals.sort_unstable();
-            for (slot, lv) in levels.iter_mut().enumerate() {
+            for (a, lv) in levels.iter().enumerate() {
                 let bk = &lv[l];
                 if !bk.active() {
                     continue;
@@ -1208,58 +1392,48 @@ impl Scorer {
                 let c = Components {
                     email: percentile(&e_vals, bk.e),
                     meeting: percentile(&m_vals, bk.m),
-                    breadth: percentile(&b_vals, u128::from(distinct[slot][l].breadth)),
+                    breadth: percentile(&b_vals, u128::from(distinct[a][l].breadth)),
                 };
-                scores[slot][l] = (engagement_score(&params, &c), c);
+                scores[a][l] = (engagement_score(&params, &c), c);
             }
         }
 
         // Rows, in account order.
         let mut office = Vec::new();
         let mut cards = Vec::new();
-        let mut history_by_slot: Vec<Vec<HistoryPoint>> = vec![Vec::new(); n_slots];
-        let mut hist: Vec<(u32, i32, [u64; 4])> = agg
-            .history
-            .iter()
-            .map(|(&k, &v)| ((k >> 32) as u32, (k & 0xFFFF_FFFF) as u32 as i32, v))
-            .collect();
-        hist.sort_unstable_by_key(|&(a, w, _)| (a, w));
-        for (a, week, v) in hist {
-            let slot = agg.slot[a as usize];
-            let Some(week_start) = date_of_day(i64::from(week)) else {
-                continue;
-            };
-            if slot == NO_SLOT {
-                continue;
-            }
-            history_by_slot[slot as usize].push(HistoryPoint {
-                week_start,
-                emails_to_account: v[EMAIL_TO],
-                emails_from_account: v[EMAIL_FROM],
-                meetings_to_account: v[MEET_TO],
-                meetings_from_account: v[MEET_FROM],
-            });
-        }
         let mut history = Vec::new();
         for (a, account_id) in contacts.accounts.iter().enumerate() {
-            let slot = agg.slot[a];
-            if slot == NO_SLOT {
+            if !levels[a][Level::Year.index()].active() {
                 continue;
             }
-            let slot = slot as usize;
+            let points: Vec<HistoryPoint> = agg.accs[a]
+                .weeks
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.iter().any(|&c| c > 0))
+                .filter_map(|(i, w)| {
+                    Some(HistoryPoint {
+                        week_start: date_of_day(clock.first_monday + 7 * i as i64)?,
+                        emails_to_account: u64::from(w[EMAIL_TO]),
+                        emails_from_account: u64::from(w[EMAIL_FROM]),
+                        meetings_to_account: u64::from(w[MEET_TO]),
+                        meetings_from_account: u64::from(w[MEET_FROM]),
+                    })
+                })
+                .collect();
             let mut card = AccountCard {
                 account_id: account_id.clone(),
                 levels: CardLevels::default(),
-                history: std::mem::take(&mut history_by_slot[slot]),
+                history: points,
             };
             for level in Level::ALL {
                 let l = level.index();
-                let bk = &levels[slot][l];
+                let bk = &levels[a][l];
                 if !bk.active() {
                     continue;
                 }
-                let d = distinct[slot][l];
-                let (score, components) = scores[slot][l];
+                let d = distinct[a][l];
+                let (score, components) = scores[a][l];
                 let totals = Totals {
                     emails_to_account: bk.counts[EMAIL_TO],
                     emails_from_account: bk.counts[EMAIL_FROM],
@@ -1297,9 +1471,6 @@ impl Scorer {
                         bk.replies,
                     ),
                 });
-            }
-            if !levels[slot][Level::Year.index()].active() {
-                continue;
             }
             for p in &card.history {
                 history.push(HistoryRow {
@@ -1339,7 +1510,8 @@ struct EmailScratch<'s> {
     internal: &'s mut Vec<u32>,
 }
 
-/// Counts one deduplicated email for the accounts it concerns.
+/// Resolves the accounts a deduplicated email concerns (left in `s.counted`, also for emails outside the
+/// window, which can still be reply antecedents) and counts it when it lies in the Year window.
 #[inline]
 fn count_email(
     contacts: &ContactIndex,
@@ -1349,32 +1521,33 @@ fn count_email(
     buf: &PartitionBuf,
     row: &EmailRow,
 ) {
-    let t = row.sent_at_ms;
-    let b = clock.bucket(t);
-    if b == NONE {
-        return;
-    }
-    let recipients = buf.parties_of(row.start, row.len);
-    if row.from.is_internal() && recipients.iter().all(Party::is_internal) {
-        return; // internal-only (the downloader drops these; defensive)
-    }
-    agg.emails_processed += 1;
-    agg.processed(t);
-
     s.ext.clear();
     s.counted.clear();
+    let t = row.sent_at_ms;
+    let b = clock.bucket(t);
+    let recipients = buf.parties_of(row.start, row.len);
     let kind = match &row.from {
         Party::External(id) => {
+            if b == NONE {
+                return; // neither counted nor a reply antecedent
+            }
             for (a, p) in contacts.range(id) {
                 s.ext.push((a, p));
                 s.counted.push(a);
             }
             EMAIL_FROM
         }
-        Party::Internal(_) => EMAIL_TO,
+        Party::Internal(_) => {
+            if t > clock.t_ms {
+                return; // future: cannot precede a counted reply
+            }
+            EMAIL_TO
+        }
     };
+    let mut has_external = kind == EMAIL_FROM;
     for p in recipients {
         if let Party::External(id) = p {
+            has_external = true;
             for (a, pair) in contacts.range(id) {
                 s.ext.push((a, pair));
                 if kind == EMAIL_TO {
@@ -1383,11 +1556,16 @@ fn count_email(
             }
         }
     }
+    s.counted.sort_unstable();
+    s.counted.dedup();
+    if b == NONE || !has_external {
+        return; // internal-only mail is dropped by the downloader; defensive
+    }
+    agg.emails_processed += 1;
+    agg.processed(t);
     if s.counted.is_empty() {
         return;
     }
-    s.counted.sort_unstable();
-    s.counted.dedup();
 
     s.internal.clear();
     for p in std::iter::once(&row.from).chain(recipients) {
@@ -1401,15 +1579,17 @@ fn count_email(
 
     let u = clock.unit(t);
     let weight = if kind == EMAIL_FROM { 2 * u } else { u };
+    let week = clock.week(t);
     for &a in s.counted.iter() {
-        let bk = agg.bucket_mut(a, b);
+        let acc = &mut agg.accs[a as usize];
+        let bk = &mut acc.buckets[b as usize];
         bk.counts[kind] += 1;
         bk.e += weight;
         bk.first_ms = bk.first_ms.min(t);
         bk.last_email_ms = bk.last_email_ms.max(t);
-        agg.history_add(a, t, kind);
+        acc.week_add(week, kind);
         for &iid in s.internal.iter() {
-            agg.internal_seen(a, iid, 0, b);
+            acc.internal_seen(iid, 0, b);
         }
     }
     for &(a, p) in s.ext.iter() {
@@ -1418,14 +1598,6 @@ fn count_email(
             *lv = (*lv).min(b);
         }
     }
-}
-
-#[inline]
-fn group_id(groups: &mut FastMap<(Id16, Id16), u32>, row: &EmailRow) -> u32 {
-    let next = groups.len() as u32;
-    *groups
-        .entry((row.mailbox, row.conversation_key))
-        .or_insert(next)
 }
 
 /// `P_X(a)`: 0 when `x = 0`, else the share of positive values `≤ x`.

@@ -1,136 +1,14 @@
 //! Runs, incremental download and scoring end to end (issues 4 and 5), against moto and the
 //! Graph emulator, through the API, the queue pollers and the same handlers as Lambda.
 
-use std::time::Duration;
-
-use chrono::{DateTime, Duration as Days, Utc};
-use graph_emulator::Fixture;
+use chrono::{DateTime, Utc};
 use integration_tests::*;
 use serde_json::{Value, json};
-
-fn at(days_before: i64, hours: i64, as_of: DateTime<Utc>) -> String {
-    (as_of - Days::days(days_before) + Days::hours(hours)).to_rfc3339()
-}
-
-/// The small tenant with a few emails and meetings around `as_of`.
-fn tenant_with_activity(as_of: DateTime<Utc>) -> Fixture {
-    let mut tenant = serde_json::to_value(small_tenant()).expect("fixture json");
-    let t = |d, h| at(d, h, as_of);
-    tenant["messages"] = json!([
-        // One inbound email, copied into alice's and bob's inboxes.
-        {"mailbox": ALICE, "folder": "inbox", "id": "m1-a", "internetMessageId": "<m1@fabrikam.com>", "conversationId": "c1",
-         "from": "jo@fabrikam.com", "to": ["alice@contoso.com", "bob@contoso.com"], "cc": [],
-         "sentDateTime": t(3, 0), "receivedDateTime": t(3, 0)},
-        {"mailbox": BOB, "folder": "inbox", "id": "m1-b", "internetMessageId": "<m1@fabrikam.com>", "conversationId": "c1",
-         "from": "jo@fabrikam.com", "to": ["alice@contoso.com", "bob@contoso.com"], "cc": [],
-         "sentDateTime": t(3, 0), "receivedDateTime": t(3, 0)},
-        // alice answers.
-        {"mailbox": ALICE, "folder": "sentitems", "id": "m2", "internetMessageId": "<m2@contoso.com>", "conversationId": "c1",
-         "from": "alice@contoso.com", "to": ["jo@fabrikam.com"], "cc": ["carol@contoso.com"],
-         "sentDateTime": t(2, 0), "receivedDateTime": t(2, 0)},
-        // Internal only: ignored.
-        {"mailbox": CAROL, "folder": "inbox", "id": "m3", "internetMessageId": "<m3@contoso.com>", "conversationId": "c3",
-         "from": "bob@contoso.com", "to": ["carol@contoso.com"], "cc": [],
-         "sentDateTime": t(1, 0), "receivedDateTime": t(1, 0)},
-        // An old email to Northwind, 40 days ago: Year and not Month.
-        {"mailbox": DAVE, "folder": "sentitems", "id": "m4", "internetMessageId": "<m4@contoso.com>", "conversationId": "c4",
-         "from": "dave@contoso.com", "to": ["max@northwind.com"], "cc": [],
-         "sentDateTime": t(40, 0), "receivedDateTime": t(40, 0)}
-    ]);
-    tenant["events"] = json!([
-        {"mailbox": ALICE, "id": "e1-a", "iCalUId": "ical-1", "organizer": "alice@contoso.com",
-         "attendees": ["carol@contoso.com", "max@northwind.com"], "start": t(1, 0), "end": t(1, 1), "isCancelled": false, "sensitivity": "normal"},
-        {"mailbox": CAROL, "id": "e1-c", "iCalUId": "ical-1", "organizer": "alice@contoso.com",
-         "attendees": ["carol@contoso.com", "max@northwind.com"], "start": t(1, 0), "end": t(1, 1), "isCancelled": false, "sensitivity": "normal"},
-        {"mailbox": BOB, "id": "e2", "iCalUId": "ical-2", "organizer": "bob@contoso.com",
-         "attendees": ["jo@fabrikam.com"], "start": t(5, 0), "end": t(5, 1), "isCancelled": false, "sensitivity": "private"}
-    ]);
-    Fixture::from_json_str(&tenant.to_string()).expect("fixture")
-}
-
-async fn start(as_of: DateTime<Utc>) -> TestStack {
-    TestStack::start_with(tenant_with_activity(as_of), |c| {
-        c.as_of = Some(as_of);
-        c.graph_retry = shared::graph::RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(2),
-        };
-    })
-    .await
-}
-
-/// Creates an enrichment and grants consent through the emailed link; answers its id.
-async fn consented(t: &TestStack) -> String {
-    let uri = t.upload_csv("contacts.csv", CONTACTS_CSV).await;
-    let name = unique("Runs ");
-    let mut body = create_body(&uri);
-    body["name"] = json!(name);
-    let (status, created) = t.admin("POST", "/enrichments", Some(body)).await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().expect("id").to_string();
-    let email = t
-        .eventually(20, "consent email", || async {
-            t.emails_to("it.admin@contoso.com", &name)
-                .await
-                .into_iter()
-                .next()
-        })
-        .await;
-    let text = email.to_string();
-    let start = text.find("http://127.0.0.1").expect("link");
-    let rest = &text[start..];
-    let link = rest[..rest.find(['"', '\\', '<', ' ']).unwrap_or(rest.len())].replace("&amp;", "&");
-    let redirect = t.http.get(&link).send().await.expect("emulator");
-    let location = redirect.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_string();
-    assert_eq!(
-        t.http
-            .get(&location)
-            .send()
-            .await
-            .expect("callback")
-            .status()
-            .as_u16(),
-        200
-    );
-    id
-}
-
-async fn finished_run(t: &TestStack, id: &str, run_id: Option<&str>) -> Value {
-    t.eventually(60, "the run to end", || async {
-        let (_, runs) = t
-            .admin("GET", &format!("/enrichments/{id}/runs"), None)
-            .await;
-        let run = match run_id {
-            Some(r) => runs["items"]
-                .as_array()?
-                .iter()
-                .find(|x| x["id"] == r)?
-                .clone(),
-            None => runs["items"][0].clone(),
-        };
-        let status = run["status"].as_str()?.to_string();
-        (status != "processing" && status != "queued").then_some(run)
-    })
-    .await
-}
-
-fn office_row<'a>(rows: &'a Value, account: &str) -> &'a Value {
-    rows["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|r| r["AccountId"] == account)
-        .expect("account row")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_runs_downloads_scores_and_the_next_run_is_incremental() {
     let as_of: DateTime<Utc> = "2026-11-30T12:00:00Z".parse().expect("instant");
-    let t = start(as_of).await;
+    let t = start_at(as_of).await;
     let id = consented(&t).await;
 
     // The grant asked for the first run.

@@ -78,6 +78,8 @@ pub async fn poll(clients: AwsClients, services: Services, config: PollerConfig)
             .max_number_of_messages(available.min(10) as i32)
             .wait_time_seconds(1)
             .message_system_attribute_names(MessageSystemAttributeName::All)
+            // moto reads the older parameter name.
+            .attribute_names(shared::aws::sqs_sdk::types::QueueAttributeName::All)
             .send()
             .await;
         let messages = match received {
