@@ -345,7 +345,12 @@ pub struct Enrichment {
     pub name: String,
     pub status: EnrichmentStatus,
     pub mailbox_count: usize,
+    /// The configuration's version: edits (PUT) bump it and `If-Match` names it.
     pub version: u64,
+    /// Revision of the stored item: every write bumps it (consent, runs, edits); conditional
+    /// writes use it so concurrent writers never lose each other's changes.
+    #[serde(skip)]
+    pub revision: u64,
     pub consent: ConsentInfo,
     pub mailboxes: MailboxSelection,
     pub customer_data: CustomerData,
@@ -381,6 +386,7 @@ impl Enrichment {
             status: EnrichmentStatus::PendingConsent,
             mailbox_count,
             version: 1,
+            revision: 1,
             consent: ConsentInfo::default(),
             mailboxes: request.mailboxes,
             customer_data: request.customer_data,
@@ -397,6 +403,7 @@ impl Enrichment {
         if let Some(old) = existing {
             enrichment.status = old.status;
             enrichment.version = old.version + 1;
+            enrichment.revision = old.revision + 1;
             enrichment.consent = old.consent.clone();
             enrichment.created_at = old.created_at;
             enrichment.last_refreshed = old.last_refreshed;

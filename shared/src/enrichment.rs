@@ -169,31 +169,41 @@ pub async fn update(
                 Problem::bad_request("If-Match must be the enrichment's version number")
             })?,
     };
-    let existing = store::get_enrichment(services.table.as_ref(), id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    if existing.version != expected {
-        return Err(stale(existing.version, expected));
-    }
-    let resolution = validate_and_resolve(services, &request).await?;
-    let enrichment = Enrichment::from_request(
-        id.to_string(),
-        request,
-        resolution.mailboxes.len(),
-        services.now(),
-        Some(&existing),
-    );
-    // The conditional write decides; mailboxes follow only when it succeeded.
-    match store::save_enrichment(services.table.as_ref(), &enrichment).await {
-        Err(PortError::Conflict) => {
-            return Err(Problem::precondition_failed(
-                "the enrichment was changed by someone else; read it again",
-            ));
+    let resolution = {
+        let existing = store::get_enrichment(services.table.as_ref(), id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        if existing.version != expected {
+            return Err(stale(existing.version, expected));
         }
-        other => other?,
+        validate_and_resolve(services, &request).await?
+    };
+    // Consent and runs may write the item meanwhile without changing its version: re-read and
+    // re-apply on a lost race, and answer 412 only when the version itself moved.
+    for _ in 0..5 {
+        let existing = store::get_enrichment(services.table.as_ref(), id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        if existing.version != expected {
+            return Err(stale(existing.version, expected));
+        }
+        let enrichment = Enrichment::from_request(
+            id.to_string(),
+            request.clone(),
+            resolution.mailboxes.len(),
+            services.now(),
+            Some(&existing),
+        );
+        match store::save_enrichment(services.table.as_ref(), &enrichment).await {
+            Err(PortError::Conflict) => continue,
+            other => other?,
+        }
+        store::replace_mailboxes(services.table.as_ref(), id, &resolution.mailboxes).await?;
+        return Ok(enrichment);
     }
-    store::replace_mailboxes(services.table.as_ref(), id, &resolution.mailboxes).await?;
-    Ok(enrichment)
+    Err(Problem::conflict(
+        "the enrichment is being changed concurrently; retry",
+    ))
 }
 
 fn stale(current: u64, expected: u64) -> Problem {

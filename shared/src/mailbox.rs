@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use futures::stream::{self, StreamExt};
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
 
 use crate::config::MailboxSelection;
 use crate::ports::{Directory, DirectoryGroup, DirectoryUser, PortResult};
@@ -49,17 +50,26 @@ pub async fn resolve(
     directory: &dyn Directory,
     selection: &MailboxSelection,
 ) -> PortResult<Resolution> {
-    // Named async fns (not closures returning async blocks) keep the futures provably Send.
-    let users = stream::iter(selection.users.iter().enumerate())
-        .map(|(i, address)| lookup_user(directory, i, address))
-        .buffered(LOOKUP_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    let groups = stream::iter(selection.groups.iter().enumerate())
-        .map(|(i, key)| lookup_group(directory, i, key))
-        .buffered(LOOKUP_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
+    // Boxed futures in a Vec (rather than stream combinators over closures) keep the handler's
+    // future provably Send, which the Lambda runtime requires.
+    let mut users = Vec::with_capacity(selection.users.len());
+    let indexed: Vec<(usize, &String)> = selection.users.iter().enumerate().collect();
+    for chunk in indexed.chunks(LOOKUP_CONCURRENCY) {
+        let lookups: Vec<BoxFuture<'_, _>> = chunk
+            .iter()
+            .map(|(i, address)| lookup_user(directory, *i, address).boxed())
+            .collect();
+        users.extend(join_all(lookups).await);
+    }
+    let mut groups = Vec::with_capacity(selection.groups.len());
+    let indexed: Vec<(usize, &String)> = selection.groups.iter().enumerate().collect();
+    for chunk in indexed.chunks(LOOKUP_CONCURRENCY) {
+        let lookups: Vec<BoxFuture<'_, _>> = chunk
+            .iter()
+            .map(|(i, key)| lookup_group(directory, *i, key).boxed())
+            .collect();
+        groups.extend(join_all(lookups).await);
+    }
 
     let mut by_id: BTreeMap<String, UserEntityRow> = BTreeMap::new();
     let mut unknown = Vec::new();

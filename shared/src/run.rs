@@ -70,6 +70,9 @@ impl Task {
     }
 
     pub fn start(&mut self, now: DateTime<Utc>) {
+        if self.status.is_final() {
+            return;
+        }
         self.status = Status::Processing;
         self.started_at.get_or_insert(now);
         self.last_processing_at = Some(now);
@@ -108,6 +111,9 @@ pub struct Run {
     /// Why a run was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Revision of the stored item, for conditional writes (several jobs update a run).
+    #[serde(skip)]
+    pub revision: u64,
 }
 
 impl Run {
@@ -185,13 +191,17 @@ pub enum StartError {
     Port(#[from] PortError),
 }
 
+/// Stores a run whose `revision` was read with it: the write fails with `Conflict` when someone
+/// else wrote the run in between. A new run has revision 0.
 pub async fn save_run(table: &dyn Table, run: &Run) -> PortResult<()> {
-    table
-        .put(
-            Item::new(enrichment_pk(&run.enrichment_id), run.sk(), encode(run)?),
-            Precondition::None,
-        )
-        .await
+    let mut item = Item::new(enrichment_pk(&run.enrichment_id), run.sk(), encode(run)?);
+    item.version = run.revision + 1;
+    let precondition = if run.revision == 0 {
+        Precondition::Absent
+    } else {
+        Precondition::VersionIs(run.revision)
+    };
+    table.put(item, precondition).await
 }
 
 /// A run with its live progress counters merged in.
@@ -211,6 +221,7 @@ pub async fn get_run(
         return Ok(None);
     };
     let mut run: Run = decode(&item)?;
+    run.revision = item.version;
     merge_progress(table, &mut run).await?;
     Ok(Some(run))
 }
@@ -247,6 +258,7 @@ pub async fn list_runs(
     let mut runs = Vec::with_capacity(page.items.len());
     for item in &page.items {
         let mut run: Run = decode(item)?;
+        run.revision = item.version;
         merge_progress(table, &mut run).await?;
         runs.push(run);
     }
@@ -275,6 +287,7 @@ async fn record_skipped(
             score: Task::new(Status::Skipped, now),
         },
         reason: Some(reason.to_string()),
+        revision: 0,
     };
     run.tasks.download.warnings.push(reason.to_string());
     save_pointer(services.table.as_ref(), &run).await?;
@@ -384,7 +397,7 @@ pub async fn start_run(
     let now = services.now();
     let id = uuid::Uuid::new_v4().to_string();
     take_slot(table, enrichment_id, &id).await?;
-    let as_of = services.settings.fixed_as_of.unwrap_or(now);
+    let as_of = services.run_as_of();
     let mailboxes = store::list_mailboxes(table, enrichment_id).await?;
     let mut download = Task::new(Status::Processing, now);
     download
@@ -411,6 +424,7 @@ pub async fn start_run(
             score: Task::new(Status::Queued, now),
         },
         reason: None,
+        revision: 0,
     };
     save_pointer(table, &run).await?;
     save_run(table, &run).await?;
@@ -432,16 +446,14 @@ pub async fn start_run(
         .await
     {
         // Without its jobs the run can never finish: fail it and free the slot.
-        let mut failed = run.clone();
-        failed
-            .tasks
-            .download
-            .errors
-            .push(format!("could not queue the download jobs: {e}"));
-        failed.tasks.download.finish(Status::Failure, now);
-        failed.tasks.score.finish(Status::Skipped, now);
-        failed.derive_status(now);
-        save_run(table, &failed).await?;
+        let reason = format!("could not queue the download jobs: {e}");
+        update_run(table, enrichment_id, &id, |failed| {
+            failed.tasks.download.errors.push(reason.clone());
+            failed.tasks.download.finish(Status::Failure, now);
+            failed.tasks.score.finish(Status::Skipped, now);
+            failed.derive_status(now);
+        })
+        .await?;
         release_slot(table, enrichment_id, &id).await?;
         return Err(e.into());
     }
@@ -449,24 +461,33 @@ pub async fn start_run(
     Ok(run)
 }
 
-/// Applies `change` to a stored run (read-modify-write; runs are written by one task at a time,
-/// and counters that several jobs touch live in the progress item instead).
+/// Applies `change` to a stored run with a conditional write, re-reading and re-applying when
+/// another job wrote it in between (so a cancel is never overwritten by a finishing job).
+/// Counters that many jobs bump live in the progress item instead.
 pub async fn update_run<F>(
     table: &dyn Table,
     enrichment_id: &str,
     run_id: &str,
-    change: F,
+    mut change: F,
 ) -> PortResult<Option<Run>>
 where
-    F: FnOnce(&mut Run),
+    F: FnMut(&mut Run),
 {
-    let Some(mut run) = get_run(table, enrichment_id, run_id).await? else {
-        return Ok(None);
-    };
-    change(&mut run);
-    // Progress counters live in their own item; do not freeze them into the run document.
-    save_run(table, &run).await?;
-    Ok(Some(run))
+    for _ in 0..8 {
+        let Some(mut run) = get_run(table, enrichment_id, run_id).await? else {
+            return Ok(None);
+        };
+        change(&mut run);
+        match save_run(table, &run).await {
+            Ok(()) => {
+                run.revision += 1;
+                return Ok(Some(run));
+            }
+            Err(PortError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(PortError::Conflict)
 }
 
 /// Counts of one finished mailbox job.
@@ -520,8 +541,8 @@ pub async fn finish_mailbox(
     let now = services.now();
     let warning = outcome.warning.clone();
     let run = update_run(table, &job.enrichment_id, &job.run_id, |run| {
-        if let Some(w) = warning {
-            run.tasks.download.warnings.push(w);
+        if let Some(w) = &warning {
+            run.tasks.download.warnings.push(w.clone());
         }
         run.tasks.download.last_processing_at = Some(now);
     })

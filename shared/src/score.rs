@@ -29,7 +29,11 @@
 //!   *strictly* before it in the same mailbox and conversation that was sent by an internal person with a
 //!   contact of `a` in to/cc (the antecedent itself may lie outside the window). A reply seen in several
 //!   mailboxes counts once per account with its shortest time; it belongs to a level when the reply (its
-//!   canonical copy's sent time) is in that level's window.
+//!   canonical copy's sent time) is in that level's window. Each copy contributes its own mailbox and sent
+//!   time; who sent it and to whom is taken from the canonical copy (Graph copies of one message agree).
+//! * Memory: per account a fixed block (three window buckets, 54 week cells once used, a sorted vector of
+//!   the internal people met); per (contact, account) pair two bytes; partition working memory is
+//!   reused. Large lookups use a flat open-addressing table so a probe is one cache miss.
 //! * Recency weights are converted once per activity to fixed point (units of `2^-62`; a to-account email
 //!   adds `u = round(w·2^61)`, a from-account email and a meeting `2u`) and summed as integers. Integer sums
 //!   are associative, so `E` and `M` — and every `≤` comparison behind the percentiles — are identical
@@ -1328,9 +1332,9 @@ impl Scorer {
             .map(|acc| {
                 let mut out = [Bucket::default(); 3];
                 let mut run = Bucket::default();
-                for l in 0..3 {
-                    run.merge(&acc.buckets[l]);
-                    out[l] = run;
+                for (o, b) in out.iter_mut().zip(&acc.buckets) {
+                    run.merge(b);
+                    *o = run;
                 }
                 out
             })

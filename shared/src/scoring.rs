@@ -165,7 +165,7 @@ async fn fail(services: &Services, run: &Run, reason: String) -> PortResult<()> 
     let now = services.now();
     let table = services.table.as_ref();
     run::update_run(table, &run.enrichment_id, &run.id, |r| {
-        r.tasks.score.errors.push(reason);
+        r.tasks.score.errors.push(reason.clone());
         r.tasks.score.finish(Status::Failure, now);
         r.derive_status(now);
     })

@@ -137,6 +137,8 @@ pub struct Services {
     pub directory: Arc<dyn Directory>,
     pub graph: Arc<GraphClient>,
     pub clock: Arc<dyn Clock>,
+    /// The as-of instant of new runs when fixed (`AS_OF`); the local demo moves it forward.
+    as_of: Arc<std::sync::RwLock<Option<DateTime<Utc>>>>,
 }
 
 impl Services {
@@ -168,12 +170,29 @@ impl Services {
             directory: graph.clone(),
             graph,
             clock,
+            as_of: Arc::new(std::sync::RwLock::new(settings.fixed_as_of)),
             settings,
         })
     }
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The as-of instant T of a run starting now (DESIGN §7: the run's start, unless fixed).
+    pub fn run_as_of(&self) -> DateTime<Utc> {
+        self.as_of
+            .read()
+            .ok()
+            .and_then(|fixed| *fixed)
+            .unwrap_or_else(|| self.now())
+    }
+
+    /// Fixes the as-of instant of the next runs (local stack only).
+    pub fn fix_as_of(&self, as_of: DateTime<Utc>) {
+        if let Ok(mut fixed) = self.as_of.write() {
+            *fixed = Some(as_of);
+        }
     }
 }
 

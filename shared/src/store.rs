@@ -28,7 +28,7 @@ pub async fn get_enrichment(table: &dyn Table, id: &str) -> PortResult<Option<En
     match table.get(&enrichment_pk(id), CONFIG_SK).await? {
         Some(item) => {
             let mut enrichment: Enrichment = decode(&item)?;
-            enrichment.version = item.version;
+            enrichment.revision = item.version;
             Ok(Some(enrichment))
         }
         None => Ok(None),
@@ -61,7 +61,8 @@ pub async fn save_enrichment(table: &dyn Table, enrichment: &Enrichment) -> Port
     Ok(())
 }
 
-/// Applies `change` to the stored enrichment and saves it, retrying when another writer got there first.
+/// Applies `change` to the stored enrichment and saves it, retrying when another writer got there
+/// first. System changes (consent, runs) do not bump the user-visible `version`.
 /// `change` answers false to leave the enrichment as it is.
 pub async fn update_enrichment<F>(
     table: &dyn Table,
@@ -78,7 +79,7 @@ where
         if !change(&mut enrichment) {
             return Ok(Some(enrichment));
         }
-        enrichment.version += 1;
+        enrichment.revision += 1;
         match save_enrichment(table, &enrichment).await {
             Ok(()) => return Ok(Some(enrichment)),
             Err(PortError::Conflict) => continue,

@@ -98,6 +98,14 @@ async fn a_user_resolves_by_proxy_address_and_by_group_id() {
     assert_eq!(created["mailbox_count"], 3);
 }
 
+/// A refused request: what it is, how it changes a valid body, the field named, a word of the message.
+type Case = (
+    &'static str,
+    Box<dyn Fn(&mut Value)>,
+    &'static str,
+    &'static str,
+);
+
 /// Every refusal names its field and stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_name_the_field_and_store_nothing() {
@@ -125,7 +133,7 @@ async fn invalid_requests_name_the_field_and_store_nothing() {
         )
         .await;
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "consent not agreed",
             Box::new(|b| b["consent_agreed"] = json!(false)),

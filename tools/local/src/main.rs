@@ -13,7 +13,7 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn as_of() -> Result<Option<DateTime<Utc>>, String> {
+pub fn as_of() -> Result<Option<DateTime<Utc>>, String> {
     env("AS_OF")
         .map(|text| {
             DateTime::parse_from_rfc3339(&text)

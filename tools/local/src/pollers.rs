@@ -62,6 +62,8 @@ fn to_event(message: &shared::aws::sqs_sdk::types::Message, queue_arn: &str) -> 
 }
 
 /// Polls one queue forever.
+// moto reads only the older `AttributeNames` parameter, which the SDK marks deprecated.
+#[allow(deprecated)]
 pub async fn poll(clients: AwsClients, services: Services, config: PollerConfig) {
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let config = Arc::new(config);
