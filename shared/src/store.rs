@@ -35,22 +35,22 @@ pub async fn get_enrichment(table: &dyn Table, id: &str) -> PortResult<Option<En
     }
 }
 
-/// Stores an enrichment whose `version` is already the new one: on create the item must be absent,
-/// on update the stored version must be the previous one (optimistic concurrency).
+/// Stores an enrichment whose `revision` is already the new one: on create the item must be absent,
+/// on update the stored revision must be the previous one (optimistic concurrency).
 pub async fn save_enrichment(table: &dyn Table, enrichment: &Enrichment) -> PortResult<()> {
     let mut item = Item::new(
         enrichment_pk(&enrichment.id),
         CONFIG_SK,
         encode(enrichment)?,
     );
-    item.version = enrichment.version;
-    let precondition = if enrichment.version <= 1 {
+    item.version = enrichment.revision;
+    let precondition = if enrichment.revision <= 1 {
         Precondition::Absent
     } else {
-        Precondition::VersionIs(enrichment.version - 1)
+        Precondition::VersionIs(enrichment.revision - 1)
     };
     table.put(item, precondition).await?;
-    if enrichment.version <= 1 {
+    if enrichment.revision <= 1 {
         table
             .put(
                 Item::new(INDEX_PK, enrichment.id.clone(), serde_json::json!({})),

@@ -390,6 +390,12 @@ async fn delete_removes_everything_stored() {
         .admin("POST", "/enrichments", Some(create_body(&uri)))
         .await;
     let id = created["id"].as_str().expect("id").to_string();
+    // Let the consent request land first (its markers live in the enrichment's partition).
+    t.eventually(20, "consent requested", || async {
+        let (_, e) = t.admin("GET", &format!("/enrichments/{id}"), None).await;
+        (e["consent"]["status"] == "requested").then_some(())
+    })
+    .await;
     let bucket = t.stack.provisioned.bucket.clone();
     let blobs = t.stack.services.blobs.clone();
     blobs
