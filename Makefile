@@ -5,15 +5,22 @@ PY := $(VENV)/bin/python
 CARGO ?= cargo
 ROLE ?= admin
 
-.PHONY: tools build test fmt-check clippy unit integration lint demo local token lambda bench clean-local
+.PHONY: tools lambda-tools build test fmt-check clippy unit integration lint demo local token lambda bench clean-local
 
-# Dev tools (moto server, cfn-lint, cargo-lambda), pinned in requirements-dev.txt, into .venv.
+# Dev tools (moto server, cfn-lint), pinned in requirements-dev.txt, into .venv.
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 tools: $(VENV)/.installed
+
+# cargo-lambda (with zig) for packaging the functions; not needed by the tests.
+$(VENV)/.lambda-installed: $(VENV)/.installed requirements-lambda.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-lambda.txt
+	touch $@
+
+lambda-tools: $(VENV)/.lambda-installed
 
 build:
 	$(CARGO) build --workspace --bins
@@ -35,7 +42,7 @@ test: tools fmt-check clippy lint
 	tools/local/with-moto.sh $(CARGO) test --workspace
 
 # The whole story on the synthetic tenant, then exit.
-demo: tools
+demo: tools lambda-tools
 	$(CARGO) build --release -p local-stack
 	./target/release/local-stack demo
 
@@ -48,8 +55,8 @@ token:
 	@$(CARGO) run --quiet --release -p local-stack -- token $(ROLE)
 
 # Lambda binaries (cargo-lambda from .venv; uses zig through the ziglang wheel).
-lambda: tools
-	PATH="$(abspath $(VENV))/bin:$$PATH" cargo lambda build --release --arm64
+lambda: lambda-tools
+	PATH="$(abspath $(VENV))/bin:$$PATH" cargo lambda build --release --x86-64 --workspace --bins
 
 bench:
 	$(CARGO) run --release -p shared --example score_bench

@@ -499,8 +499,10 @@ pub struct MailboxOutcome {
     pub warning: Option<String>,
 }
 
-/// Records that one mailbox of a run is done (or failed for good). Exactly once per mailbox; the
-/// call that completes the last mailbox ends the download task and queues the score job.
+/// Records that one mailbox of a run is done (or failed for good). Counted exactly once per
+/// mailbox (a marker item); the call that completes the last mailbox ends the download task and
+/// queues the score job. A redelivered job whose first attempt died before the score job was
+/// queued queues it then (scoring the same run twice is harmless: it is idempotent).
 pub async fn finish_mailbox(
     services: &Services,
     job: &DownloadJob,
@@ -513,54 +515,94 @@ pub async fn finish_mailbox(
         format!("RUNMB#{}#{}", job.run_id, job.mailbox_id),
         serde_json::json!({"failed": outcome.failed}),
     );
-    match table.put(marker, Precondition::Absent).await {
-        Ok(()) => {}
-        Err(PortError::Conflict) => return Ok(()),
+    let first_time = match table.put(marker, Precondition::Absent).await {
+        Ok(()) => true,
+        Err(PortError::Conflict) => false,
         Err(e) => return Err(e),
-    }
-    let counters = table
-        .add_counters(
-            &pk,
-            &progress_sk(&job.run_id),
-            &[
-                ("mailboxes_done", i64::from(!outcome.failed)),
-                ("mailboxes_failed", i64::from(outcome.failed)),
-                ("messages_seen", outcome.messages_seen),
-                ("events_seen", outcome.events_seen),
-            ],
-        )
+    };
+    let now = services.now();
+    if first_time {
+        table
+            .add_counters(
+                &pk,
+                &progress_sk(&job.run_id),
+                &[
+                    ("mailboxes_done", i64::from(!outcome.failed)),
+                    ("mailboxes_failed", i64::from(outcome.failed)),
+                    ("messages_seen", outcome.messages_seen),
+                    ("events_seen", outcome.events_seen),
+                ],
+            )
+            .await?;
+        let warning = outcome.warning.clone();
+        update_run(table, &job.enrichment_id, &job.run_id, |run| {
+            if let Some(w) = &warning {
+                run.tasks.download.warnings.push(w.clone());
+            }
+            run.tasks.download.last_processing_at = Some(now);
+        })
         .await?;
-    let value = |name: &str| {
-        counters
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
+    }
+    let Some(run) = get_run(table, &job.enrichment_id, &job.run_id).await? else {
+        return Ok(());
+    };
+    let count = |name: &str| {
+        run.tasks
+            .download
+            .progress
+            .get(name)
+            .and_then(|v| v.as_i64())
             .unwrap_or(0)
     };
-    let (done, failed) = (value("mailboxes_done"), value("mailboxes_failed"));
-    let now = services.now();
-    let warning = outcome.warning.clone();
-    let run = update_run(table, &job.enrichment_id, &job.run_id, |run| {
-        if let Some(w) = &warning {
-            run.tasks.download.warnings.push(w.clone());
-        }
-        run.tasks.download.last_processing_at = Some(now);
-    })
-    .await?;
-    let Some(run) = run else { return Ok(()) };
-    let total = run
-        .tasks
-        .download
-        .progress
-        .get("mailboxes_total")
-        .and_then(|v| v.as_i64())
-        .unwrap_or(0);
-    if done + failed < total || run.status.is_final() {
+    let (total, done, failed) = (
+        count("mailboxes_total"),
+        count("mailboxes_done"),
+        count("mailboxes_failed"),
+    );
+    if run.status.is_final() || done + failed < total {
         return Ok(());
     }
-    // This call completed the last mailbox.
+    let queue_score = match run.tasks.download.status {
+        Status::Processing => complete_download(services, job, total, done, failed).await?,
+        // A redelivery after the score job could not be queued.
+        Status::Successful => !first_time && run.tasks.score.status == Status::Queued,
+        _ => false,
+    };
+    if queue_score {
+        let message = ScoreJob {
+            enrichment_id: job.enrichment_id.clone(),
+            run_id: job.run_id.clone(),
+        };
+        services
+            .queue
+            .send(
+                &services.settings.score_queue_url,
+                serde_json::to_string(&message).unwrap_or_default(),
+                None,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends the download task once every mailbox is accounted for; answers whether this call made
+/// the transition and the score job should be queued.
+async fn complete_download(
+    services: &Services,
+    job: &DownloadJob,
+    total: i64,
+    done: i64,
+    failed: i64,
+) -> PortResult<bool> {
+    let table = services.table.as_ref();
+    let now = services.now();
     let all_failed = done == 0;
-    let run = update_run(table, &job.enrichment_id, &job.run_id, |run| {
+    let mut transitioned = false;
+    update_run(table, &job.enrichment_id, &job.run_id, |run| {
+        transitioned = run.tasks.download.status == Status::Processing;
+        if !transitioned {
+            return;
+        }
         if failed > 0 {
             run.tasks.download.warnings.push(format!(
                 "{failed} of {total} mailboxes failed and were left out"
@@ -579,25 +621,11 @@ pub async fn finish_mailbox(
         run.derive_status(now);
     })
     .await?;
-    if all_failed {
+    if transitioned && all_failed {
         release_slot(table, &job.enrichment_id, &job.run_id).await?;
-        return Ok(());
+        return Ok(false);
     }
-    if run.is_some() {
-        let message = ScoreJob {
-            enrichment_id: job.enrichment_id.clone(),
-            run_id: job.run_id.clone(),
-        };
-        services
-            .queue
-            .send(
-                &services.settings.score_queue_url,
-                serde_json::to_string(&message).unwrap_or_default(),
-                None,
-            )
-            .await?;
-    }
-    Ok(())
+    Ok(transitioned)
 }
 
 /// Adds to a run's download counters (items seen), for progress while a mailbox is still running.

@@ -54,9 +54,9 @@ fn var_or(name: &str, default: &str) -> String {
 }
 
 impl Settings {
-    /// Reads the environment. Secrets come from `SECRET_ARN` (a JSON secret with `client_secret`,
-    /// `state_signing_key`, `pseudonymization_key`) when set, else from variables of those names in
-    /// upper case.
+    /// Reads the environment. Secrets come from `SECRET_ARN` (a JSON secret with `client_secret`
+    /// and `master_key`, or explicit `state_signing_key` and `pseudonymization_key`) when set, else
+    /// from variables of those names in upper case.
     pub async fn from_env(clients: &AwsClients) -> Result<Self, SettingsError> {
         let secret = match var("SECRET_ARN") {
             Ok(arn) => crate::aws::read_json_secret(&clients.secrets, &arn)
@@ -96,12 +96,33 @@ impl Settings {
             sender_email: var_or("SENDER_EMAIL", ""),
             consent_redirect_uri: var_or("CONSENT_REDIRECT_URI", ""),
             consent_link_days: var_or("CONSENT_LINK_DAYS", "7").parse().unwrap_or(7),
-            state_signing_key: secret_value("state_signing_key")?.into_bytes(),
-            pseudonymization_key: secret_value("pseudonymization_key")?.into_bytes(),
+            state_signing_key: key_of(&secret_value, "state_signing_key")?,
+            pseudonymization_key: key_of(&secret_value, "pseudonymization_key")?,
             fixed_as_of,
             graph_retry: RetryPolicy::default(),
         })
     }
+}
+
+/// A key named in the secret (or environment), else derived from the secret's generated
+/// `master_key` (HMAC-SHA256 of the key's name), so each purpose gets its own key.
+fn key_of(
+    secret_value: &dyn Fn(&str) -> Result<String, SettingsError>,
+    name: &str,
+) -> Result<Vec<u8>, SettingsError> {
+    use hmac::Mac;
+    if let Ok(key) = secret_value(name) {
+        return Ok(key.into_bytes());
+    }
+    let master = secret_value("master_key").map_err(|_| {
+        SettingsError(format!(
+            "neither {name} nor master_key is in the secret or the environment"
+        ))
+    })?;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(master.as_bytes())
+        .map_err(|e| SettingsError(e.to_string()))?;
+    mac.update(name.as_bytes());
+    Ok(mac.finalize().into_bytes().to_vec())
 }
 
 /// The clock; the local stack and tests fix it.

@@ -98,6 +98,11 @@ async fn serve() -> Result<(), String> {
         .map(|p| p.parse().map_err(|_| "PORT must be a number"))
         .transpose()?
         .unwrap_or(3000);
+    // On the emulator, T is the synthetic tenant's "now" unless AS_OF says otherwise.
+    let as_of = as_of.or(match &story.graph {
+        GraphSource::Emulator(_, options) => Some(options.now),
+        GraphSource::External(_) => None,
+    });
     let mut config = StackConfig::new(story.graph);
     config.as_of = as_of;
     config.api_port = Some(port);
@@ -118,6 +123,9 @@ async fn serve() -> Result<(), String> {
         );
     }
     println!("API_URL={}", stack.api_url.clone().unwrap_or_default());
+    if let Some(t) = as_of {
+        println!("AS_OF={}", t.to_rfc3339());
+    }
     println!("ADMIN_TOKEN={}", local_stack::token::issue("admin", 12)?);
     println!("Serving; press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
