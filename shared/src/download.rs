@@ -179,6 +179,19 @@ pub struct Cursor {
     /// The round of `run_id` is finished.
     #[serde(default)]
     pub complete: bool,
+    /// For the calendar: the as-of instant whose window (−365 d … +30 d) the delta token keeps.
+    #[serde(default)]
+    pub window_as_of: Option<DateTime<Utc>>,
+}
+
+/// The calendar delta keeps the window of its first request; a window older than this is renewed
+/// with a full calendar sync so that new meetings beyond the old window's end are seen (dedupe by
+/// iCalUId keeps the counts right).
+pub const CALENDAR_WINDOW_RENEW_DAYS: i64 = 7;
+
+/// Whether an incremental calendar round must start over with a window around `as_of`.
+pub fn calendar_window_stale(window_as_of: Option<DateTime<Utc>>, as_of: DateTime<Utc>) -> bool {
+    window_as_of.is_none_or(|w| as_of - w > chrono::Duration::days(CALENDAR_WINDOW_RENEW_DAYS))
 }
 
 pub fn cursor_sk(mailbox_id: &str, stream: Stream) -> String {
@@ -906,7 +919,17 @@ impl<'a> StreamSync<'a> {
             stream,
         )
         .await?;
-        let (resume, chunk) = resume_point(stored.as_ref(), &job.run_id);
+        let (mut resume, chunk) = resume_point(stored.as_ref(), &job.run_id);
+        let mut window_as_of = stored.as_ref().and_then(|c| c.window_as_of);
+        if stream == Stream::Calendar
+            && matches!(resume, Resume::Incremental(_))
+            && calendar_window_stale(window_as_of, job.as_of)
+        {
+            resume = Resume::Full;
+        }
+        if resume == Resume::Full {
+            window_as_of = Some(job.as_of);
+        }
         let initial_url = ctx
             .services
             .graph
@@ -922,6 +945,7 @@ impl<'a> StreamSync<'a> {
             run_id: job.run_id.clone(),
             chunk,
             complete: false,
+            window_as_of,
         };
         Ok(Some(Self {
             ctx,
@@ -1146,14 +1170,7 @@ mod tests {
     const MAILBOX: &str = "48d31887-5fad-4d73-a9f5-3c356e68a038";
     const COLLEAGUE: &str = "6e7b768e-07e2-4810-8459-485f84f8f204";
 
-    fn sample(name: &str) -> Value {
-        let path = format!(
-            "{}/../../shared/graph-samples/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::graph::sample;
 
     fn items(name: &str) -> Vec<Value> {
         let v = sample(name);
@@ -1605,7 +1622,25 @@ mod tests {
             run_id: run.into(),
             chunk,
             complete,
+            window_as_of: None,
         }
+    }
+
+    #[test]
+    fn calendar_windows_are_renewed_weekly() {
+        let t: DateTime<Utc> = "2026-11-30T00:00:00Z".parse().expect("instant");
+        assert!(
+            calendar_window_stale(None, t),
+            "a cursor without a window is renewed"
+        );
+        assert!(!calendar_window_stale(
+            Some(t - chrono::Duration::days(7)),
+            t
+        ));
+        assert!(calendar_window_stale(
+            Some(t - chrono::Duration::days(8)),
+            t
+        ));
     }
 
     #[test]
@@ -1641,7 +1676,7 @@ mod tests {
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"delta_link": null, "next_link": "N", "run_id": "r1", "chunk": 2, "complete": false})
+            serde_json::json!({"delta_link": null, "next_link": "N", "run_id": "r1", "chunk": 2, "complete": false, "window_as_of": null})
         );
         let old: Cursor = serde_json::from_value(serde_json::json!({"delta_link": "D"})).unwrap();
         assert_eq!(old, cursor("", None, Some("D"), 0, false));

@@ -488,18 +488,20 @@ impl Directory for GraphClient {
     }
 }
 
+/// A documented Graph response body of ../shared/graph-samples (parse-test fixtures).
+#[cfg(test)]
+pub(crate) fn sample(name: &str) -> Value {
+    let path = format!(
+        "{}/../../shared/graph-samples/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(name: &str) -> Value {
-        let path = format!(
-            "{}/../../shared/graph-samples/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     #[test]
     fn transitive_members_sample_parses_to_users() {

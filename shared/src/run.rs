@@ -473,7 +473,7 @@ pub async fn update_run<F>(
 where
     F: FnMut(&mut Run),
 {
-    for _ in 0..8 {
+    for attempt in 0..12u64 {
         let Some(mut run) = get_run(table, enrichment_id, run_id).await? else {
             return Ok(None);
         };
@@ -483,7 +483,11 @@ where
                 run.revision += 1;
                 return Ok(Some(run));
             }
-            Err(PortError::Conflict) => continue,
+            Err(PortError::Conflict) => {
+                // Spread the retries of writers that collided.
+                let pause = 5 * attempt + u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 20);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
             Err(e) => return Err(e),
         }
     }
@@ -534,14 +538,15 @@ pub async fn finish_mailbox(
                 ],
             )
             .await?;
-        let warning = outcome.warning.clone();
-        update_run(table, &job.enrichment_id, &job.run_id, |run| {
-            if let Some(w) = &warning {
-                run.tasks.download.warnings.push(w.clone());
-            }
-            run.tasks.download.last_processing_at = Some(now);
-        })
-        .await?;
+        // Only a warning touches the run document: mailboxes finishing together would otherwise
+        // all contend for it (their counts live in the progress item).
+        if let Some(warning) = &outcome.warning {
+            update_run(table, &job.enrichment_id, &job.run_id, |run| {
+                run.tasks.download.warnings.push(warning.clone());
+                run.tasks.download.last_processing_at = Some(now);
+            })
+            .await?;
+        }
     }
     let Some(run) = get_run(table, &job.enrichment_id, &job.run_id).await? else {
         return Ok(());

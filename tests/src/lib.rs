@@ -131,7 +131,8 @@ impl TestStack {
     }
 
     pub async fn sent_emails(&self) -> Vec<Value> {
-        self.stack.sent_emails().await.expect("moto state")
+        // moto's state dump can fail while other tests write to it; callers poll, so try again later.
+        self.stack.sent_emails().await.unwrap_or_default()
     }
 
     /// Emails to `to` whose text mentions `marker` (tests share one moto server).

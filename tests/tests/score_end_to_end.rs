@@ -17,25 +17,8 @@ use chrono::{DateTime, Utc};
 use integration_tests::*;
 use serde_json::{Value, json};
 
-const COLUMNS: [&str; 17] = [
-    "AccountId",
-    "AggregationLevel",
-    "AggregationStartDate",
-    "EngagementScore",
-    "NoOfEmails_ToAccount",
-    "NoOfEmails_FromAccount",
-    "NoOfMeetings_ToAccount",
-    "NoOfMeetings_FromAccount",
-    "NoOfContactsInvolved_Emails",
-    "NoOfContactsInvolved_Meetings",
-    "NoOfAccountContactsInvolved_Emails",
-    "NoOfAccountContactsInvolved_Meetings",
-    "EngagementStartDate",
-    "DaysSinceLastEmail",
-    "DaysSinceLastMeeting",
-    "AverageDuration_Of_Meetings",
-    "AverageDuration_Of_AccountEmailReplies",
-];
+/// The `Office` columns of DESIGN §8, in order.
+use shared::tables::OFFICE_COLUMNS as COLUMNS;
 
 fn row(values: [Value; 17]) -> serde_json::Map<String, Value> {
     COLUMNS.iter().map(|c| c.to_string()).zip(values).collect()

@@ -543,8 +543,13 @@ pub async fn run() -> Result<(), String> {
         second["status"]
     );
     let (second_requests, _) = requests_per_mailbox(&emulator).await?;
+    let seen = |run: &Value, key: &str| num(&run["tasks"]["download"]["progress"][key]);
     println!(
-        "  Graph delta requests: {second_requests} (first run: {first_requests}) — only the changes were asked for"
+        "  Graph delta requests: {second_requests} (first run: {first_requests}); they returned only the changes: {} messages and {} events (first run: {} and {})",
+        thousands(seen(&second, "messages_seen")),
+        thousands(seen(&second, "events_seen")),
+        thousands(seen(&run, "messages_seen")),
+        thousands(seen(&run, "events_seen")),
     );
     print_results(&client, &id).await?;
     let rows = all_accounts(&client, &id).await?;

@@ -302,15 +302,29 @@ impl LocalStack {
 }
 
 pub async fn sent_emails(moto_url: &str) -> Result<Vec<serde_json::Value>, String> {
-    let data: serde_json::Value = reqwest::get(format!("{moto_url}/moto-api/data.json"))
+    // The dump is built while other clients may write to moto; a failed one is simply retried.
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        match moto_state(moto_url).await {
+            // moto keeps the messages SES accepted under ses → Message.
+            Ok(data) => {
+                return Ok(data["ses"]["Message"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default());
+            }
+            Err(e) => last_error = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last_error)
+}
+
+async fn moto_state(moto_url: &str) -> Result<serde_json::Value, String> {
+    reqwest::get(format!("{moto_url}/moto-api/data.json"))
         .await
         .map_err(|e| e.to_string())?
         .json()
         .await
-        .map_err(|e| e.to_string())?;
-    // moto's state dump keeps the messages SES accepted under ses → Message.
-    Ok(data["ses"]["Message"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
+        .map_err(|e| e.to_string())
 }
