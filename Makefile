@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CARGO ?= cargo
 ROLE ?= admin
+FUNCTIONS := save-config query-api send-consent record-consent start-run download score
 
-.PHONY: tools lambda-tools build test fmt-check clippy unit integration lint demo local token lambda bench clean-local
+.PHONY: tools lambda-tools lambda-bench build test fmt-check clippy unit integration lint demo local token lambda bench clean-local
 
 # Dev tools (moto server, cfn-lint), pinned in requirements-dev.txt, into .venv.
 $(VENV)/.installed: requirements-dev.txt
@@ -56,7 +57,11 @@ token:
 
 # Lambda binaries (cargo-lambda from .venv; uses zig through the ziglang wheel).
 lambda: lambda-tools
-	PATH="$(abspath $(VENV))/bin:$$PATH" cargo lambda build --release --x86-64 --workspace --bins
+	PATH="$(abspath $(VENV))/bin:$$PATH" cargo lambda build --release --x86-64 $(foreach f,$(FUNCTIONS),-p $(f))
+
+# Binary sizes and init-to-ready time of the Lambda binaries (after make lambda).
+lambda-bench: lambda
+	python3 tools/bench/init_time.py target/lambda 7
 
 bench:
 	$(CARGO) run --release -p shared --example score_bench

@@ -503,6 +503,18 @@ pub async fn run() -> Result<(), String> {
         "    latest: {}",
         results["tables"]["latest_prefix"].as_str().unwrap_or("")
     );
+    let office_key = format!("tables/{id}/latest/Office.csv");
+    if let Ok(Some(office)) = stack
+        .services
+        .blobs
+        .get(&stack.provisioned.bucket, &office_key)
+        .await
+    {
+        println!("\n  The first rows of Office.csv:");
+        for line in String::from_utf8_lossy(&office).lines().take(4) {
+            println!("    {line}");
+        }
+    }
 
     rule("6. A week later: the emulator adds a week of activity, the next run is incremental");
     let next = as_of + chrono::Duration::days(7);
