@@ -128,8 +128,9 @@ pub fn consent_email(
          - email metadata: sender, recipients, sent and received times, message and conversation ids;\n\
          - meeting metadata: organizer, attendees, start, end, cancellation and sensitivity;\n\
          - the members of the chosen groups, the tenant's domains and its administrators.\n\n\
-         It never reads subjects, bodies or attachments. External addresses are stored only as keyed \
-         hashes; private and personal meetings are skipped.\n\n\
+         It never requests message subjects, bodies or attachments and stores none of them (calendar \
+         changes arrive with their subject, which is discarded at once). External addresses are stored only \
+         as keyed hashes; private and personal meetings are skipped.\n\n\
          To review and grant consent, sign in as a Global Administrator and open:\n{link}\n\n\
          The link is for one use and expires on {expires} UTC. If you did not expect this request, \
          decline it on the consent page or ignore this email.\n",
@@ -140,7 +141,7 @@ pub fn consent_email(
     let html = format!(
         "<p>Hello,</p><p>Your organization set up the Account Engagement enrichment <b>{name}</b>. It learns \
          which customer accounts are engaged from the email and meeting <b>metadata</b> of {count} chosen \
-         mailboxes.</p><p>It never reads subjects, bodies or attachments; external addresses are stored \
+         mailboxes.</p><p>It stores no subjects, bodies or attachments; external addresses are stored \
          only as keyed hashes.</p><p><a href=\"{link}\">Review and grant admin consent</a></p>\
          <p>The link is for one use and expires on {expires} UTC.</p>",
         name = html_escape(&enrichment.name),

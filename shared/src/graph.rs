@@ -488,11 +488,12 @@ impl Directory for GraphClient {
     }
 }
 
-/// A documented Graph response body of ../shared/graph-samples (parse-test fixtures).
+/// A documented Graph response body (testdata/graph-samples, copied from Microsoft's Graph
+/// documentation; see its README) for parse tests.
 #[cfg(test)]
 pub(crate) fn sample(name: &str) -> Value {
     let path = format!(
-        "{}/../../shared/graph-samples/{name}",
+        "{}/../testdata/graph-samples/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -918,16 +918,12 @@ async fn control_now_and_fixture() {
     assert_eq!(c.counters().await["token_requests"], 0);
 }
 
+/// A documented Graph response body (copied into testdata/ from Microsoft's Graph documentation).
 fn sample(name: &str) -> Value {
     let path = format!(
-        "{}/../../../shared/graph-samples/{name}",
+        "{}/../../testdata/graph-samples/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
-    let path = if std::path::Path::new(&path).exists() {
-        path
-    } else {
-        format!("/work/shared/graph-samples/{name}")
-    };
     serde_json::from_str(&std::fs::read_to_string(&path).expect("sample file")).unwrap()
 }
 
