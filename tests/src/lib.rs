@@ -295,10 +295,7 @@ pub async fn consented(t: &TestStack) -> String {
                 .next()
         })
         .await;
-    let text = email.to_string();
-    let start = text.find("http://127.0.0.1").expect("link");
-    let rest = &text[start..];
-    let link = rest[..rest.find(['"', '\\', '<', ' ']).unwrap_or(rest.len())].replace("&amp;", "&");
+    let link = link_in(&email);
     let redirect = t.http.get(&link).send().await.expect("emulator");
     let location = redirect.headers()["location"]
         .to_str()
@@ -343,4 +340,13 @@ pub fn office_row<'a>(rows: &'a Value, account: &str) -> &'a Value {
         .iter()
         .find(|r| r["AccountId"] == account)
         .expect("account row")
+}
+
+/// The admin-consent link in a consent email as moto stores it (HTML, `&amp;`-escaped).
+pub fn link_in(email: &Value) -> String {
+    let text = email.to_string();
+    let start = text.find("http://127.0.0.1").expect("a link in the email");
+    let rest = &text[start..];
+    let end = rest.find(['"', '\\', '<', ' ']).unwrap_or(rest.len());
+    rest[..end].replace("&amp;", "&")
 }

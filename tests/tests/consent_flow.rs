@@ -14,16 +14,6 @@ async fn create(t: &TestStack, name: &str) -> String {
     created["id"].as_str().expect("id").to_string()
 }
 
-fn link_in(email: &Value) -> String {
-    let text = email.to_string();
-    let start = text.find("http://127.0.0.1").expect("a link in the email");
-    let rest = &text[start..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == '"' || c == '\\' || c == '<')
-        .unwrap_or(rest.len());
-    rest[..end].replace("&amp;", "&")
-}
-
 fn state_of(link: &str) -> String {
     url::Url::parse(link)
         .expect("link")

@@ -11,10 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use graph_emulator::Fixture;
 use integration_tests::*;
 use serde_json::{Value, json};
 
@@ -817,35 +815,6 @@ fn expect(answer: &Answer, status: u16) -> &Value {
     &answer.body
 }
 
-fn at(days_before: i64, hours: i64, as_of: DateTime<Utc>) -> String {
-    (as_of - chrono::Duration::days(days_before) + chrono::Duration::hours(hours)).to_rfc3339()
-}
-
-/// The small tenant with emails and meetings of two accounts around `as_of` (as in runs.rs).
-fn tenant_with_activity(as_of: DateTime<Utc>) -> Fixture {
-    let mut tenant = serde_json::to_value(small_tenant()).expect("fixture json");
-    let t = |d, h| at(d, h, as_of);
-    tenant["messages"] = json!([
-        {"mailbox": ALICE, "folder": "inbox", "id": "m1-a", "internetMessageId": "<m1@fabrikam.com>", "conversationId": "c1",
-         "from": "jo@fabrikam.com", "to": ["alice@contoso.com", "bob@contoso.com"], "cc": [],
-         "sentDateTime": t(3, 0), "receivedDateTime": t(3, 0)},
-        {"mailbox": ALICE, "folder": "sentitems", "id": "m2", "internetMessageId": "<m2@contoso.com>", "conversationId": "c1",
-         "from": "alice@contoso.com", "to": ["jo@fabrikam.com"], "cc": ["carol@contoso.com"],
-         "sentDateTime": t(2, 0), "receivedDateTime": t(2, 0)},
-        {"mailbox": ALICE, "folder": "inbox", "id": "m5", "internetMessageId": "<m5@fabrikam.com>", "conversationId": "c1",
-         "from": "jo@fabrikam.com", "to": ["alice@contoso.com"], "cc": [],
-         "sentDateTime": t(0, -2), "receivedDateTime": t(0, -2)},
-        {"mailbox": DAVE, "folder": "sentitems", "id": "m4", "internetMessageId": "<m4@contoso.com>", "conversationId": "c4",
-         "from": "dave@contoso.com", "to": ["max@northwind.com"], "cc": [],
-         "sentDateTime": t(40, 0), "receivedDateTime": t(40, 0)}
-    ]);
-    tenant["events"] = json!([
-        {"mailbox": ALICE, "id": "e1-a", "iCalUId": "ical-1", "organizer": "alice@contoso.com",
-         "attendees": ["carol@contoso.com", "max@northwind.com"], "start": t(1, 0), "end": t(1, 1), "isCancelled": false, "sensitivity": "normal"}
-    ]);
-    Fixture::from_json_str(&tenant.to_string()).expect("fixture")
-}
-
 /// The consent link of the newest email to the tenant admin that mentions `marker`.
 async fn consent_link(t: &TestStack, marker: &str) -> String {
     let email = t
@@ -856,24 +825,13 @@ async fn consent_link(t: &TestStack, marker: &str) -> String {
                 .last()
         })
         .await;
-    let text = email.to_string();
-    let start = text.find("http://127.0.0.1").expect("a link");
-    let rest = &text[start..];
-    rest[..rest.find(['"', '\\', '<', ' ']).unwrap_or(rest.len())].replace("&amp;", "&")
+    link_in(&email)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_answers_match_the_spec() {
     let as_of: DateTime<Utc> = "2026-11-30T12:00:00Z".parse().expect("instant");
-    let t = TestStack::start_with(tenant_with_activity(as_of), |c| {
-        c.as_of = Some(as_of);
-        c.graph_retry = shared::graph::RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(2),
-        };
-    })
-    .await;
+    let t = start_at(as_of).await;
     let api = Contract {
         doc: spec(),
         seen: Mutex::new(BTreeSet::new()),
