@@ -63,5 +63,7 @@ lambda: lambda-tools
 lambda-bench: lambda
 	python3 tools/bench/init_time.py target/lambda 7
 
-bench:
+# Score throughput and memory, and download wall time against the ideal (see README).
+bench: tools
 	$(CARGO) run --release -p shared --example score_bench
+	tools/local/with-moto.sh $(CARGO) run --release -p local-stack --example download_bench

@@ -794,7 +794,16 @@ async fn build_converter(
     };
     let pseudonymizer = Pseudonymizer::new(&services.settings.pseudonymization_key);
     let mailboxes = store::list_mailboxes(table, &job.enrichment_id).await?;
-    let domains = services.directory.domains().await?;
+    // Snapshotted by start-run; runs started before that field existed ask Graph.
+    let snapshot = run::get_run(table, &job.enrichment_id, &job.run_id)
+        .await?
+        .map(|r| r.organization_domains)
+        .unwrap_or_default();
+    let domains = if snapshot.is_empty() {
+        services.directory.domains().await?
+    } else {
+        snapshot
+    };
     let organization = Organization::new(
         domains,
         mailboxes

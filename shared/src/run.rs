@@ -111,6 +111,10 @@ pub struct Run {
     /// Why a run was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The organization's domains when the run started: read from Graph once per run rather than
+    /// once per mailbox (internal = one of these domains or a chosen mailbox).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organization_domains: Vec<String>,
     /// Revision of the stored item, for conditional writes (several jobs update a run).
     #[serde(skip)]
     pub revision: u64,
@@ -287,6 +291,7 @@ async fn record_skipped(
             score: Task::new(Status::Skipped, now),
         },
         reason: Some(reason.to_string()),
+        organization_domains: vec![],
         revision: 0,
     };
     run.tasks.download.warnings.push(reason.to_string());
@@ -399,6 +404,13 @@ pub async fn start_run(
     take_slot(table, enrichment_id, &id).await?;
     let as_of = services.run_as_of();
     let mailboxes = store::list_mailboxes(table, enrichment_id).await?;
+    let organization_domains = match services.directory.domains().await {
+        Ok(domains) => domains,
+        Err(e) => {
+            release_slot(table, enrichment_id, &id).await?;
+            return Err(e.into());
+        }
+    };
     let mut download = Task::new(Status::Processing, now);
     download
         .progress
@@ -424,6 +436,7 @@ pub async fn start_run(
             score: Task::new(Status::Queued, now),
         },
         reason: None,
+        organization_domains,
         revision: 0,
     };
     save_pointer(table, &run).await?;
