@@ -721,7 +721,11 @@ pub fn combine_ends(
 pub async fn run_is_active(table: &dyn Table, job: &DownloadJob) -> Result<bool, PortError> {
     Ok(run::get_run(table, &job.enrichment_id, &job.run_id)
         .await?
-        .is_some_and(|r| !r.status.is_final() && !r.tasks.download.status.is_final()))
+        .is_some_and(|r| wants_download(&r)))
+}
+
+fn wants_download(run: &run::Run) -> bool {
+    !run.status.is_final() && !run.tasks.download.status.is_final()
 }
 
 /// Downloads one mailbox of one run (the download function's handler body). See the module docs.
@@ -762,10 +766,13 @@ async fn download_mailbox(
         return Ok(StreamEnd::Paused);
     }
     let table = services.table.as_ref();
-    if !run_is_active(table, job).await? {
+    let Some(run) = run::get_run(table, &job.enrichment_id, &job.run_id)
+        .await?
+        .filter(wants_download)
+    else {
         return Ok(StreamEnd::Stopped);
-    }
-    let Some(converter) = build_converter(services, job).await? else {
+    };
+    let Some(converter) = build_converter(services, job, run.organization_domains).await? else {
         return Ok(StreamEnd::Stopped);
     };
     let ctx = JobContext {
@@ -787,6 +794,7 @@ async fn download_mailbox(
 async fn build_converter(
     services: &Services,
     job: &DownloadJob,
+    snapshot: Vec<String>,
 ) -> Result<Option<Converter>, DownloadError> {
     let table = services.table.as_ref();
     let Some(enrichment) = store::get_enrichment(table, &job.enrichment_id).await? else {
@@ -795,10 +803,6 @@ async fn build_converter(
     let pseudonymizer = Pseudonymizer::new(&services.settings.pseudonymization_key);
     let mailboxes = store::list_mailboxes(table, &job.enrichment_id).await?;
     // Snapshotted by start-run; runs started before that field existed ask Graph.
-    let snapshot = run::get_run(table, &job.enrichment_id, &job.run_id)
-        .await?
-        .map(|r| r.organization_domains)
-        .unwrap_or_default();
     let domains = if snapshot.is_empty() {
         services.directory.domains().await?
     } else {
